@@ -1,0 +1,130 @@
+"""The `brandbot` command: the one place that builds `Settings` and hands it to a tier."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from brandbot.errors import BrandbotError, SettingsError
+from brandbot.logs import configure_logging
+from brandbot.settings import Settings, load_settings
+
+# Nothing may phone home: no model hub downloads, no telemetry, at run time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+app = typer.Typer(
+    help="brandbot: your company's assistant in Slack and Discord, on your own GPUs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+model_app = typer.Typer(help="Model folders.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+def fail(message: str, *, code: int = 1) -> None:
+    typer.echo(f"brandbot: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        fail(str(error), code=2)
+        raise  # unreachable: fail() exits
+    configure_logging(level=settings.log_level, log_message_text=settings.log_message_text)
+    return settings
+
+
+def run_tier(entry: Callable[[], Any]) -> None:
+    """Run a tier's entry point; expected failures end in one line, not a traceback."""
+    try:
+        entry()
+    except SettingsError as error:
+        fail(str(error), code=2)
+    except BrandbotError as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        pass
+
+
+def run_async(coroutine: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    run_tier(lambda: asyncio.run(coroutine()))
+
+
+@app.command()
+def worker(
+    drain_grace: Annotated[
+        float, typer.Option(help="Seconds running answers get to finish on SIGTERM.")
+    ] = 30.0,
+) -> None:
+    """Serve one model from its Redis queue (loads the model once; N answers at a time)."""
+    settings = settings_or_exit()
+
+    def start() -> None:
+        import redis
+
+        from worker.main import run_worker
+
+        try:
+            run_worker(settings, drain_grace_seconds=drain_grace)
+        except redis.ConnectionError as error:
+            raise BrandbotError(f"cannot reach Redis at BRANDBOT_REDIS_URL ({error})") from None
+
+    run_tier(start)
+
+
+@app.command()
+def slack() -> None:
+    """Answer in Slack (Socket Mode): mentions are queued and answered in their thread."""
+    settings = settings_or_exit()
+
+    async def start() -> None:
+        from bots.slack import run_slack
+
+        await run_slack(settings)
+
+    run_async(start)
+
+
+@app.command()
+def status() -> None:
+    """Workers alive (model, engine, mode, load) and each queue's waiting and failed jobs."""
+    settings = settings_or_exit()
+    from brandbot.status import print_status
+
+    run_tier(lambda: print_status(settings))
+
+
+@model_app.command("tiny")
+def model_tiny(
+    folder: Annotated[Path, typer.Argument(help="Where to write the model folder.")],
+    size: Annotated[
+        str, typer.Option(help="`cpu` (tiny) or `gpu` (shapes ExLlamaV2's kernels accept).")
+    ] = "cpu",
+) -> None:
+    """Build a tiny random Llama with a trained tokenizer and chat template, for tests and demos."""
+    if size not in ("cpu", "gpu"):
+        fail("--size must be cpu or gpu", code=2)
+    try:
+        from worker.tiny_model import build_tiny_model
+    except ImportError:
+        fail("building a model needs the CPU extra: pip install -e '.[cpu]'")
+    build_tiny_model(folder, size=size)  # type: ignore[arg-type]
+    typer.echo(f"tiny model written to {folder}")
+
+
+def main() -> None:
+    app(prog_name="brandbot")
+
+
+if __name__ == "__main__":
+    main()

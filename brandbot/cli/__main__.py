@@ -1,0 +1,3 @@
+from brandbot.cli import main
+
+main()

@@ -1,0 +1,47 @@
+"""Redis key names shared by the tiers, in one place so nothing else spells them."""
+
+from typing import Any
+
+KEY_PREFIX = "brandbot"
+
+
+def as_text(value: Any) -> str:
+    """Redis replies are bytes; names and ids are text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def model_queue(model_name: str) -> str:
+    """The RQ queue that workers serving `model_name` consume."""
+    return f"{KEY_PREFIX}:model:{model_name}"
+
+
+def reply_stream(request_id: str) -> str:
+    """Stream of reply events for one request (XADD by the worker, XREAD by the front-end)."""
+    return f"{KEY_PREFIX}:reply:{request_id}"
+
+
+def cancel_flag(request_id: str) -> str:
+    """Set by a front-end to stop a generation."""
+    return f"{KEY_PREFIX}:cancel:{request_id}"
+
+
+def seen_event(platform: str, event_id: str) -> str:
+    """De-duplication marker for a platform event (SET NX EX)."""
+    return f"{KEY_PREFIX}:seen:{platform}:{event_id}"
+
+
+def inflight(platform: str) -> str:
+    """Hash of requests a front-end is relaying: request id -> relay state (JSON)."""
+    return f"{KEY_PREFIX}:inflight:{platform}"
+
+
+def worker_heartbeat(worker_name: str) -> str:
+    return f"{KEY_PREFIX}:worker:{worker_name}"
+
+
+WORKERS_SET = f"{KEY_PREFIX}:workers"
+
+
+def feedback(request_id: str) -> str:
+    """Stored conversation and rating of one answered request (for the fine-tuning export)."""
+    return f"{KEY_PREFIX}:feedback:{request_id}"

@@ -1,0 +1,64 @@
+"""`brandbot status`: what an operator checks first — are workers alive, are queues moving."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from rich.console import Console
+from rich.table import Table
+from rq import Queue
+from rq.registry import FailedJobRegistry, StartedJobRegistry
+
+from brandbot import keys
+from brandbot.errors import QueueUnavailable
+from brandbot.settings import Settings
+
+
+def collect_status(connection: redis.Redis) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    workers = []
+    names: Any = connection.smembers(keys.WORKERS_SET)
+    for name in sorted(keys.as_text(n) for n in names):
+        record: Any = connection.hgetall(keys.worker_heartbeat(name))
+        if record:
+            workers.append({"name": name, **{keys.as_text(k): keys.as_text(v) for k, v in record.items()}})
+    queues = []
+    for queue in Queue.all(connection=connection):
+        if not queue.name.startswith(keys.model_queue("")):
+            continue
+        queues.append(
+            {
+                "queue": queue.name,
+                "waiting": str(queue.count),
+                "running": str(StartedJobRegistry(queue=queue).count),
+                "failed": str(FailedJobRegistry(queue=queue).count),
+            }
+        )
+    return workers, queues
+
+
+def print_status(settings: Settings) -> None:
+    connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+    try:
+        workers, queues = collect_status(connection)
+    except redis.ConnectionError as error:
+        raise QueueUnavailable(f"cannot reach Redis at BRANDBOT_REDIS_URL ({error})") from None
+    console = Console()
+    table = Table(
+        "worker", "model", "engine", "mode", "in flight", "slots", "last heartbeat", title="Workers"
+    )
+    for w in workers:
+        table.add_row(
+            w["name"],
+            w.get("model", "?"),
+            w.get("engine", "?"),
+            w.get("mode", "?"),
+            w.get("in_flight", "?"),
+            w.get("slots", "?"),
+            w.get("last_heartbeat", "?"),
+        )
+    console.print(table if workers else "No workers alive.")
+    queue_table = Table("queue", "waiting", "running", "failed", title="Queues")
+    for q in queues:
+        queue_table.add_row(q["queue"], q["waiting"], q["running"], q["failed"])
+    console.print(queue_table if queues else "No queues yet.")

@@ -1,0 +1,228 @@
+"""Real parts for every test: one Redis database flushed per test, a tiny model built once, real workers.
+
+Only the GPU is missing here; tests that need it carry the `gpu` marker and skip with a reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import redis
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+from bots.slack import build_slack_app
+from brandbot import keys
+from brandbot.promptfiles.live import LivePromptLibrary
+from brandbot.queue import RequestQueue
+from brandbot.settings import Settings
+from tests.emulators.slack import Message, SlackEmulator
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_REDIS_URL = os.environ.get("BRANDBOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    """A dedicated Redis database over TCP, flushed before and after each test."""
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.fail(f"no Redis at {TEST_REDIS_URL}: start redis-server (scripts/test does it for you)")
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from worker.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture
+def prompts_dir(tmp_path: Path) -> Path:
+    """A private copy of the shipped prompt files, so a test may edit them."""
+    return Path(shutil.copytree(REPO / "prompts", tmp_path / "prompts"))
+
+
+@pytest.fixture
+def settings(redis_client: redis.Redis, prompts_dir: Path, tiny_model: Path) -> Callable[..., Settings]:
+    """Settings built from arguments only (never from the developer's environment or `.env`)."""
+
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "redis_url": TEST_REDIS_URL,
+            "prompts_dir": prompts_dir,
+            "model_dir": tiny_model,
+            "worker_wait_seconds": 5.0,
+            "edit_interval_seconds": 0.2,
+            **overrides,
+        }
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return make
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRANDBOT_")}
+    env.update(
+        BRANDBOT_REDIS_URL=settings.redis_url,
+        BRANDBOT_PROMPTS_DIR=str(settings.prompts_dir),
+        BRANDBOT_MODEL_DIR=str(settings.model_dir),
+        BRANDBOT_MODEL_NAME=settings.model_name,
+        BRANDBOT_WORKER_CONCURRENCY=str(settings.worker_concurrency),
+        BRANDBOT_GENERATION_DEADLINE_SECONDS=str(settings.generation_deadline_seconds),
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+@dataclass
+class WorkerProcess:
+    """A real `brandbot worker` subprocess; its output goes to `log_path`."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    name_hint: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+
+def wait_for_worker(
+    client: redis.Redis, process: subprocess.Popen[bytes], log_path: Path, count: int = 1
+) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"worker exited with {process.returncode}:\n{log_path.read_text()}")
+        if (
+            sum(
+                1
+                for name in client.smembers(keys.WORKERS_SET)
+                if client.exists(keys.worker_heartbeat(name.decode()))
+            )
+            >= count
+        ):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"worker did not start within 60 s:\n{log_path.read_text()}")
+
+
+@pytest.fixture
+def start_worker(
+    redis_client: redis.Redis, settings: Callable[..., Settings], tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Factory: start a real `brandbot worker` (CPU engine, tiny model); all are stopped at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(
+        *,
+        wait: bool = True,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        **overrides: object,
+    ) -> WorkerProcess:
+        worker_settings = settings(**overrides)
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "brandbot.cli", "worker", *args],
+            env=worker_env(worker_settings, **(env or {})),
+            stdout=log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        handle = WorkerProcess(process, log_path)
+        started.append(handle)
+        if wait:
+            wait_for_worker(
+                redis_client, process, log_path, count=len([w for w in started if w.process.poll() is None])
+            )
+        return handle
+
+    yield start
+    for handle in started:
+        if handle.process.poll() is None:
+            handle.process.kill()
+            handle.process.wait(timeout=10)
+
+
+@pytest.fixture
+def worker_process(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
+    return start_worker()
+
+
+@pytest_asyncio.fixture
+async def slack_emulator() -> AsyncIterator[SlackEmulator]:
+    emulator = SlackEmulator()
+    await emulator.start()
+    try:
+        yield emulator
+    finally:
+        await emulator.stop()
+
+
+@dataclass
+class SlackBot:
+    """The Slack front-end running in this test's event loop, connected to the emulator over Socket Mode."""
+
+    emulator: SlackEmulator
+    settings: Settings
+    queue: RequestQueue
+
+    def bot_messages(self, channel: str, thread_ts: str) -> list[Message]:
+        return [
+            m for m in self.emulator.messages_in(channel, thread_ts) if m.user == self.emulator.bot_user_id
+        ]
+
+
+@pytest_asyncio.fixture
+async def slack_bot(
+    slack_emulator: SlackEmulator, settings: Callable[..., Settings], request: pytest.FixtureRequest
+) -> AsyncIterator[SlackBot]:
+    overrides = getattr(request, "param", {})
+    bot_settings = settings(
+        slack_bot_token=slack_emulator.bot_token,
+        slack_app_token=slack_emulator.app_token,
+        slack_api_url=slack_emulator.api_url,
+        **overrides,
+    )
+    queue = RequestQueue(
+        redis_url=bot_settings.redis_url,
+        retention_seconds=bot_settings.retention_seconds,
+        deadline_seconds=bot_settings.generation_deadline_seconds,
+    )
+    app = build_slack_app(
+        settings=bot_settings, queue=queue, prompts=LivePromptLibrary(bot_settings.prompts_dir)
+    )
+    handler = AsyncSocketModeHandler(app, slack_emulator.app_token, ping_interval=1)
+    await handler.connect_async()
+    await slack_emulator.wait_for_client()
+    try:
+        yield SlackBot(slack_emulator, bot_settings, queue)
+    finally:
+        await handler.close_async()
+        await queue.close()

@@ -1,0 +1,29 @@
+"""Engines behind one interface (`Engine`); each backend is one module, imported only when chosen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from brandbot.errors import EngineLoadError
+from brandbot.settings import EngineName
+from worker.engines.base import Engine
+
+
+def load_engine(name: EngineName, model_dir: Path | None, *, concurrency: int, **options: object) -> Engine:
+    """Load the chosen engine once; exllamav2 is imported only here, on demand (it builds CUDA code)."""
+    if model_dir is None:
+        raise EngineLoadError(
+            "BRANDBOT_MODEL_DIR is not set: point it at a model folder (try `brandbot model tiny`)"
+        )
+    if not (model_dir / "config.json").is_file():
+        raise EngineLoadError(
+            f"{model_dir} is not a model folder (no config.json): check BRANDBOT_MODEL_DIR"
+            " or build one with `brandbot model tiny DIR`"
+        )
+    if name is EngineName.EXLLAMAV2:
+        from worker.engines.exllamav2 import ExLlamaV2Engine
+
+        return ExLlamaV2Engine(model_dir, concurrency=concurrency, **options)
+    from worker.engines.transformers import TransformersEngine
+
+    return TransformersEngine(model_dir, concurrency=concurrency)

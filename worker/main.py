@@ -1,0 +1,75 @@
+"""`brandbot worker`: load the model once, then serve its queue with N job slots until SIGTERM."""
+
+from __future__ import annotations
+
+import redis
+
+from brandbot import keys
+from brandbot.errors import EngineLoadError
+from brandbot.logs import get_logger
+from brandbot.promptfiles.live import LivePromptLibrary
+from brandbot.settings import Settings
+from brandbot.templating import ChatTemplate
+from worker.engines import load_engine
+from worker.job import current_service
+from worker.metrics import WorkerMetrics
+from worker.replies import ReplyPublisher
+from worker.service import ReplyService
+from worker.threaded_worker import ThreadedWorker
+
+log = get_logger(__name__)
+
+
+def run_worker(settings: Settings, *, drain_grace_seconds: float = 30.0) -> None:
+    connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=15)
+    connection.ping()
+    prompts = LivePromptLibrary(settings.prompts_dir)
+    engine = load_engine(settings.engine, settings.model_dir, concurrency=settings.worker_concurrency)
+    assert settings.model_dir is not None
+    try:
+        template = ChatTemplate.from_model_dir(settings.model_dir)
+    except Exception as error:
+        engine.close()
+        raise EngineLoadError(str(error)) from None
+    metrics = WorkerMetrics(model=settings.model_name, engine=engine.name)
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
+    service = ReplyService(
+        engine=engine,
+        template=template,
+        prompts=prompts,
+        publisher=ReplyPublisher(connection, retention_seconds=settings.retention_seconds),
+        metrics=metrics,
+        company=settings.company_name,
+        deadline_seconds=settings.generation_deadline_seconds,
+    )
+    worker = ThreadedWorker(
+        connection=connection,
+        queue_name=keys.model_queue(settings.model_name),
+        slots=settings.worker_concurrency,
+        thread_setup=lambda: current_service.set(service),
+        heartbeat_record=lambda: {
+            "model": settings.model_name,
+            "engine": engine.name,
+            "mode": engine.mode,
+            "concurrency": str(settings.worker_concurrency),
+        },
+        on_drain_timeout=service.abort_all,
+        drain_grace_seconds=drain_grace_seconds,
+        on_tick=metrics.queue_depth.set,
+        on_stop=service.start_draining,
+    )
+
+    log.info(
+        "worker ready",
+        model=settings.model_name,
+        engine=engine.name,
+        mode=engine.mode,
+        slots=settings.worker_concurrency,
+        context_length=engine.context_length,
+        queue=keys.model_queue(settings.model_name),
+    )
+    try:
+        worker.run()
+    finally:
+        engine.close()

@@ -1,0 +1,191 @@
+"""What one job does: validate the request, render the prompt, generate, and stream the reply to Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from brandbot import messages
+from brandbot.contract import (
+    DeltaEvent,
+    DoneEvent,
+    ErrorEvent,
+    ErrorKind,
+    FinishReason,
+    GenerationRequest,
+    NoticeEvent,
+    StartEvent,
+    Usage,
+)
+from brandbot.errors import BadRequestPayload, TemplateError
+from brandbot.logs import get_logger
+from brandbot.promptfiles.live import LivePromptLibrary
+from brandbot.templating import ChatTemplate
+from worker.engines.base import Engine, GenerationStream, SamplingSettings
+from worker.metrics import WorkerMetrics
+from worker.prompt_builder import build_prompt
+from worker.replies import ReplyPublisher
+
+log = get_logger(__name__)
+
+DELTA_BATCH_SECONDS = 0.05
+"""Deltas arriving within this window go out as one stream entry (fewer Redis writes, same latency)."""
+
+CANCEL_POLL_SECONDS = 0.25
+"""How often a running job checks its cancel flag; a cancel takes effect within about this long."""
+
+
+class RequeueRequested(Exception):
+    """The worker is shutting down before this job finished; RQ retries it on another worker.
+
+    `started` tells whether the user saw any of this attempt (then the retry is a new attempt).
+    """
+
+    def __init__(self, reason: str, *, started: bool) -> None:
+        super().__init__(reason)
+        self.started = started
+
+
+@dataclass
+class ReplyService:
+    engine: Engine
+    template: ChatTemplate
+    prompts: LivePromptLibrary
+    publisher: ReplyPublisher
+    metrics: WorkerMetrics
+    company: str
+    deadline_seconds: float
+    _streams: dict[str, GenerationStream] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    draining: bool = False
+
+    def start_draining(self) -> None:
+        """Take no new requests (a job picked up from now on is requeued untouched)."""
+        self.draining = True
+
+    def abort_all(self) -> None:
+        """Stop every running generation (end of the shutdown grace period); their jobs are requeued."""
+        with self._lock:
+            for stream in self._streams.values():
+                stream.cancel()
+
+    def run(self, payload: Any, *, attempt: int, max_attempts: int) -> dict[str, Any]:
+        try:
+            request = GenerationRequest.model_validate(payload)
+        except ValidationError as error:
+            request_id = payload.get("request_id") if isinstance(payload, dict) else None
+            fields = sorted({".".join(map(str, e["loc"])) for e in error.errors()})
+            if isinstance(request_id, str) and len(request_id) <= 64:
+                self.publisher.publish(
+                    request_id,
+                    ErrorEvent(attempt=attempt, kind=ErrorKind.BAD_REQUEST, message=messages.BAD_REQUEST),
+                )
+            self.metrics.outcome("error", ErrorKind.BAD_REQUEST)
+            raise BadRequestPayload(
+                f"payload does not match the contract; bad fields: {', '.join(fields)}"
+            ) from None
+        if self.draining:
+            raise RequeueRequested("worker is shutting down", started=False)
+        bound = log.bind(request_id=request.request_id, attempt=attempt, persona=request.persona)
+        self.publisher.publish(request.request_id, StartEvent(attempt=attempt))
+        library = self.prompts.current()  # one snapshot for the whole request, whatever reloads meanwhile
+        persona = library.persona(request.persona)
+        if persona is None:
+            return self._fail(request, attempt, ErrorKind.PERSONA, messages.PERSONA_UNAVAILABLE, bound)
+        try:
+            built = build_prompt(
+                request,
+                persona,
+                template=self.template,
+                count_tokens=self.engine.count_tokens,
+                context_length=self.engine.context_length,
+                company=self.company,
+            )
+        except TemplateError as error:
+            bound.error("prompt template failed", error=str(error))
+            return self._fail(request, attempt, ErrorKind.PERSONA, messages.PERSONA_UNAVAILABLE, bound)
+        for code, text in built.notices:
+            self.publisher.publish(request.request_id, NoticeEvent(attempt=attempt, code=code, message=text))
+        sampling = SamplingSettings(
+            temperature=persona.sampling.temperature,
+            top_p=persona.sampling.top_p,
+            top_k=persona.sampling.top_k,
+            min_p=persona.sampling.min_p,
+            repetition_penalty=persona.sampling.repetition_penalty,
+            max_new_tokens=built.max_new_tokens,
+            stop_strings=tuple(persona.stop),
+        )
+        deadline = request.limits.deadline_seconds or self.deadline_seconds
+        stream = self.engine.submit(built.text, sampling, deadline_seconds=deadline)
+        with self._lock:
+            self._streams[request.request_id] = stream
+        self.metrics.job_started()
+        try:
+            self._relay(request.request_id, attempt, stream)
+        except Exception as error:
+            bound.error("generation failed", error_type=type(error).__name__)
+            self.metrics.outcome("error", ErrorKind.ENGINE)
+            return self._fail(request, attempt, ErrorKind.ENGINE, messages.GENERATION_FAILED, bound)
+        finally:
+            with self._lock:
+                self._streams.pop(request.request_id, None)
+            self.metrics.job_ended()
+        result = stream.result
+        assert result is not None
+        shutdown_cut = result.finish_reason is FinishReason.CANCELLED and self.draining
+        if shutdown_cut and attempt < max_attempts and not self._cancel_flag_set(request):
+            raise RequeueRequested("worker shut down mid-generation", started=True)
+        usage = Usage(
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            time_to_first_token_ms=result.time_to_first_token_ms,
+            total_ms=result.total_ms,
+        )
+        self.publisher.publish(
+            request.request_id,
+            DoneEvent(attempt=attempt, text=result.text, finish_reason=result.finish_reason, usage=usage),
+        )
+        self.metrics.finished(result)
+        bound.info(
+            "reply done",
+            finish_reason=result.finish_reason.value,
+            prompt_tokens=result.prompt_tokens,
+            tokens=result.completion_tokens,
+            ttft_ms=round(result.time_to_first_token_ms or 0),
+            ms=round(result.total_ms),
+        )
+        return {"finish_reason": result.finish_reason.value, "completion_tokens": result.completion_tokens}
+
+    def _relay(self, request_id: str, attempt: int, stream: GenerationStream) -> None:
+        pending: list[str] = []
+        next_flush = time.monotonic() + DELTA_BATCH_SECONDS
+        next_cancel_check = time.monotonic() + CANCEL_POLL_SECONDS
+        while True:
+            delta = stream.next_delta(timeout=DELTA_BATCH_SECONDS)
+            now = time.monotonic()
+            if delta:
+                pending.append(delta)
+            if pending and (delta is None or now >= next_flush):
+                self.publisher.publish(request_id, DeltaEvent(attempt=attempt, text="".join(pending)))
+                pending.clear()
+                next_flush = now + DELTA_BATCH_SECONDS
+            if delta is None:
+                return
+            if now >= next_cancel_check:
+                next_cancel_check = now + CANCEL_POLL_SECONDS
+                if self.publisher.cancel_requested(request_id):
+                    stream.cancel()
+
+    def _cancel_flag_set(self, request: GenerationRequest) -> bool:
+        return self.publisher.cancel_requested(request.request_id)
+
+    def _fail(
+        self, request: GenerationRequest, attempt: int, kind: ErrorKind, text: str, bound: Any
+    ) -> dict[str, Any]:
+        self.publisher.publish(request.request_id, ErrorEvent(attempt=attempt, kind=kind, message=text))
+        bound.warning("reply failed", kind=kind.value)
+        return {"error": kind.value}
