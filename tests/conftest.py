@@ -8,16 +8,19 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 import redis
+from pydantic import AnyHttpUrl, SecretStr
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
 from bots.slack import build_slack_app
@@ -199,16 +202,15 @@ class SlackBot:
         ]
 
 
-@pytest_asyncio.fixture
-async def slack_bot(
-    slack_emulator: SlackEmulator, settings: Callable[..., Settings], request: pytest.FixtureRequest
-) -> AsyncIterator[SlackBot]:
-    overrides = getattr(request, "param", {})
-    bot_settings = settings(
-        slack_bot_token=slack_emulator.bot_token,
-        slack_app_token=slack_emulator.app_token,
-        slack_api_url=slack_emulator.api_url,
-        **overrides,
+@asynccontextmanager
+async def slack_bot_running(emulator: SlackEmulator, base: Settings) -> AsyncIterator[SlackBot]:
+    """The real Slack front-end in this event loop, connected to the emulator over Socket Mode."""
+    bot_settings = base.model_copy(
+        update={
+            "slack_bot_token": SecretStr(emulator.bot_token),
+            "slack_app_token": SecretStr(emulator.app_token),
+            "slack_api_url": AnyHttpUrl(emulator.api_url),
+        }
     )
     queue = RequestQueue(
         redis_url=bot_settings.redis_url,
@@ -218,11 +220,77 @@ async def slack_bot(
     app = build_slack_app(
         settings=bot_settings, queue=queue, prompts=LivePromptLibrary(bot_settings.prompts_dir)
     )
-    handler = AsyncSocketModeHandler(app, slack_emulator.app_token, ping_interval=1)
+    handler = AsyncSocketModeHandler(app, emulator.app_token, ping_interval=1)
     await handler.connect_async()
-    await slack_emulator.wait_for_client()
+    await emulator.wait_for_client()
     try:
-        yield SlackBot(slack_emulator, bot_settings, queue)
+        yield SlackBot(emulator, bot_settings, queue)
     finally:
         await handler.close_async()
         await queue.close()
+
+
+@pytest_asyncio.fixture
+async def slack_bot(
+    slack_emulator: SlackEmulator, settings: Callable[..., Settings], request: pytest.FixtureRequest
+) -> AsyncIterator[SlackBot]:
+    """The Slack front-end; parametrize indirectly with a dict of settings overrides."""
+    async with slack_bot_running(slack_emulator, settings(**getattr(request, "param", {}))) as bot:
+        yield bot
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class PrivateRedis:
+    """A redis-server of this test's own, which the test may stop and start again (same port)."""
+
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise AssertionError("private redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis(free_port())
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,68 @@
+"""The command line a new admin meets first: discoverable commands, one-line errors, no secrets printed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from brandbot.cli import app
+
+runner = CliRunner()
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BRANDBOT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "brandbot.cli", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_help_lists_the_tiers() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("worker", "slack", "model", "status"):
+        assert command in result.output
+
+
+@pytest.mark.parametrize("command", [["worker"], ["slack"], ["model"], ["model", "tiny"], ["status"]])
+def test_each_command_has_help(command: list[str]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_bad_setting_stops_with_one_line_naming_it() -> None:
+    result = run_cli("worker", BRANDBOT_WORKER_CONCURRENCY="lots")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "BRANDBOT_WORKER_CONCURRENCY" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_model_folder_is_one_line_with_a_hint(tmp_path: object) -> None:
+    result = run_cli(
+        "worker", BRANDBOT_MODEL_DIR="/nonexistent/model", BRANDBOT_REDIS_URL="redis://127.0.0.1:6379/9"
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "/nonexistent/model" in result.stderr and "brandbot model tiny" in result.stderr
+
+
+def test_slack_without_tokens_says_which_settings_are_missing() -> None:
+    result = run_cli("slack")
+    assert result.returncode == 2
+    assert "BRANDBOT_SLACK_BOT_TOKEN" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_secrets_are_never_printed() -> None:
+    from brandbot.settings import Settings
+
+    settings = Settings(_env_file=None, slack_bot_token="xoxb-very-secret")  # type: ignore[call-arg]
+    assert "xoxb-very-secret" not in repr(settings) and "xoxb-very-secret" not in str(settings.model_dump())
