@@ -1,0 +1,121 @@
+"""Who may ask where, and how often: allow/block lists, admins, and a per-user token bucket in Redis.
+
+The rules are admin configuration (the `access:` section of `prompts/routing.yaml`); both platforms
+share them. Block lists win over allow lists; an empty allow list allows everyone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+import redis.asyncio
+from pydantic import BaseModel, ConfigDict, Field
+
+from brandbot import keys
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RateLimit(_Strict):
+    questions_per_minute: float = Field(6.0, gt=0, description="Sustained rate per user.")
+    burst: int = Field(5, ge=1, description="Questions a user may ask at once before the rate applies.")
+
+
+class AccessRules(_Strict):
+    """Who may use the bot on one platform (ids as the platform shows them)."""
+
+    allow_users: list[str] = Field(default_factory=list, description="Only these users (empty: everyone).")
+    block_users: list[str] = Field(default_factory=list)
+    allow_channels: list[str] = Field(default_factory=list, description="Only these channels (empty: all).")
+    block_channels: list[str] = Field(default_factory=list)
+    allow_guilds: list[str] = Field(default_factory=list, description="Discord servers (empty: all).")
+    block_guilds: list[str] = Field(default_factory=list)
+    allow_roles: list[str] = Field(default_factory=list, description="Discord roles (empty: any role).")
+    block_roles: list[str] = Field(default_factory=list)
+    admins: list[str] = Field(default_factory=list, description="Users who may run admin commands.")
+    direct_messages: bool = Field(True, description="Answer direct messages.")
+    rate_limit: RateLimit = RateLimit()
+    max_question_chars: int | None = Field(None, ge=1, description="Overrides BRANDBOT_MAX_QUESTION_CHARS.")
+
+
+class Refusal(StrEnum):
+    USER = "user"
+    CHANNEL = "channel"
+    GUILD = "guild"
+    ROLE = "role"
+    DIRECT_MESSAGES = "direct_messages"
+
+
+@dataclass(frozen=True)
+class Asker:
+    user_id: str
+    channel_id: str
+    guild_id: str | None = None
+    role_ids: tuple[str, ...] = ()
+    is_direct_message: bool = False
+
+
+def _listed(value: str | None, allow: list[str], block: list[str]) -> bool:
+    if value is not None and value in block:
+        return False
+    return not allow or value in allow
+
+
+def check_access(rules: AccessRules, asker: Asker) -> Refusal | None:
+    """None when the asker may ask here; otherwise what refused them (for logs, not for the user)."""
+    if asker.is_direct_message and not rules.direct_messages:
+        return Refusal.DIRECT_MESSAGES
+    if not _listed(asker.user_id, rules.allow_users, rules.block_users):
+        return Refusal.USER
+    in_channel = not asker.is_direct_message
+    if in_channel and not _listed(asker.channel_id, rules.allow_channels, rules.block_channels):
+        return Refusal.CHANNEL
+    if asker.guild_id is not None and not _listed(asker.guild_id, rules.allow_guilds, rules.block_guilds):
+        return Refusal.GUILD
+    if any(role in rules.block_roles for role in asker.role_ids):
+        return Refusal.ROLE
+    if rules.allow_roles and asker.guild_id is not None and not set(asker.role_ids) & set(rules.allow_roles):
+        return Refusal.ROLE
+    return None
+
+
+def is_admin(rules: AccessRules, user_id: str) -> bool:
+    return user_id in rules.admins
+
+
+# Token bucket in one round trip, atomic across every front-end replica sharing this Redis.
+_TOKEN_BUCKET = """
+local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens') or ARGV[2])
+local updated = tonumber(redis.call('HGET', KEYS[1], 'updated') or ARGV[3])
+local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+tokens = math.min(burst, tokens + math.max(0, now - updated) * rate)
+local allowed = 0
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+else
+  wait = (1 - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'updated', now)
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+return {allowed, tostring(wait)}
+"""
+
+
+class RateLimiter:
+    """Per-user token bucket shared by all front-ends through Redis."""
+
+    def __init__(self, connection: redis.asyncio.Redis) -> None:
+        self._script = connection.register_script(_TOKEN_BUCKET)
+
+    async def acquire(self, platform: str, user_id: str, limit: RateLimit) -> float:
+        """0 when the user may ask now; otherwise the seconds until they may."""
+        rate = limit.questions_per_minute / 60
+        key = f"{keys.KEY_PREFIX}:ratelimit:{platform}:{user_id}"
+        allowed, wait = await self._script(keys=[key], args=[rate, limit.burst, time.time()])
+        return 0.0 if int(allowed) else float(wait)
