@@ -19,6 +19,13 @@ class EngineName(StrEnum):
     EXLLAMAV2 = "exllamav2"
 
 
+class CacheType(StrEnum):
+    FP16 = "fp16"
+    Q8 = "q8"
+    Q6 = "q6"
+    Q4 = "q4"
+
+
 class SlackMode(StrEnum):
     SOCKET = "socket"
     HTTP = "http"
@@ -64,6 +71,25 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="Serve Prometheus metrics on this port."
     )
+    drain_grace_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM, running answers get this long to finish; the rest are requeued."
+    )
+    job_heartbeat_ttl_seconds: int = Field(
+        20, ge=3, description="A running job whose worker stops beating this long is retried elsewhere."
+    )
+    recovery_interval_seconds: float = Field(
+        15.0, gt=0, description="How often workers look for (and retry) jobs abandoned by a dead worker."
+    )
+    cache_type: CacheType = Field(CacheType.FP16, description="ExLlamaV2 KV cache: fp16, q8, q6 or q4.")
+    cache_tokens: int | None = Field(
+        None, ge=256, description="ExLlamaV2 total cache length in tokens, shared by all requests."
+    )
+    gpu_split: str | None = Field(
+        None,
+        pattern=r"^\d+(\.\d+)?(,\d+(\.\d+)?)*$",
+        description="ExLlamaV2 GB per GPU, e.g. `20,24`; unset = fill GPUs automatically.",
+    )
+    lora_dir: Path | None = Field(None, description="LoRA adapter applied to every answer of this worker.")
 
     # -- front-ends ----------------------------------------------------------------------------------
     max_question_chars: int = Field(4000, ge=1, description="Longer questions are refused with a notice.")
@@ -92,6 +118,14 @@ class Settings(BaseSettings):
     )
     discord_gateway_url: str = Field(
         "wss://gateway.discord.gg/", description="Discord gateway websocket URL."
+    )
+    discord_command_guilds: list[int] = Field(
+        default_factory=list,
+        description="Register slash commands in these servers only, as a JSON list (`[123, 456]`); "
+        "empty: register them globally.",
+    )
+    discord_sync_commands: bool = Field(
+        True, description="Register (sync) the slash commands with Discord at start."
     )
 
     def require(self, *names: str) -> None:

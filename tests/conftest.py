@@ -5,6 +5,7 @@ Only the GPU is missing here; tests that need it carry the `gpu` marker and skip
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -82,19 +83,22 @@ def settings(redis_client: redis.Redis, prompts_dir: Path, tiny_model: Path) -> 
     return make
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The same settings as environment variables, for a `brandbot` subprocess."""
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        secret = getattr(settings, name)
+        if hasattr(secret, "get_secret_value"):
+            value = secret.get_secret_value()
+        env[f"BRANDBOT_{name.upper()}"] = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return env
+
+
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRANDBOT_")}
-    env.update(
-        BRANDBOT_REDIS_URL=settings.redis_url,
-        BRANDBOT_PROMPTS_DIR=str(settings.prompts_dir),
-        BRANDBOT_MODEL_DIR=str(settings.model_dir),
-        BRANDBOT_MODEL_NAME=settings.model_name,
-        BRANDBOT_WORKER_CONCURRENCY=str(settings.worker_concurrency),
-        BRANDBOT_GENERATION_DEADLINE_SECONDS=str(settings.generation_deadline_seconds),
-        PYTHONUNBUFFERED="1",
-        **extra,
-    )
-    return env
+    return {**env, **settings_env(settings), "PYTHONUNBUFFERED": "1", **extra}
 
 
 @dataclass

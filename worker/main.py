@@ -10,7 +10,7 @@ from brandbot.logs import get_logger
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.settings import Settings
 from brandbot.templating import ChatTemplate
-from worker.engines import load_engine
+from worker.engines import GpuOptions, load_engine
 from worker.job import current_service
 from worker.metrics import WorkerMetrics
 from worker.replies import ReplyPublisher
@@ -20,11 +20,25 @@ from worker.threaded_worker import ThreadedWorker
 log = get_logger(__name__)
 
 
-def run_worker(settings: Settings, *, drain_grace_seconds: float = 30.0) -> None:
+def gpu_options(settings: Settings) -> GpuOptions:
+    return GpuOptions(
+        cache_type=settings.cache_type.value,
+        cache_tokens=settings.cache_tokens,
+        gpu_split=[float(gb) for gb in settings.gpu_split.split(",")] if settings.gpu_split else None,
+        lora_dir=settings.lora_dir,
+    )
+
+
+def run_worker(settings: Settings) -> None:
     connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=15)
     connection.ping()
     prompts = LivePromptLibrary(settings.prompts_dir)
-    engine = load_engine(settings.engine, settings.model_dir, concurrency=settings.worker_concurrency)
+    engine = load_engine(
+        settings.engine,
+        settings.model_dir,
+        concurrency=settings.worker_concurrency,
+        gpu=gpu_options(settings),
+    )
     assert settings.model_dir is not None
     try:
         template = ChatTemplate.from_model_dir(settings.model_dir)
@@ -55,7 +69,9 @@ def run_worker(settings: Settings, *, drain_grace_seconds: float = 30.0) -> None
             "concurrency": str(settings.worker_concurrency),
         },
         on_drain_timeout=service.abort_all,
-        drain_grace_seconds=drain_grace_seconds,
+        drain_grace_seconds=settings.drain_grace_seconds,
+        job_heartbeat_ttl=settings.job_heartbeat_ttl_seconds,
+        maintenance_interval=settings.recovery_interval_seconds,
         on_tick=metrics.queue_depth.set,
         on_stop=service.start_draining,
     )

@@ -39,13 +39,13 @@ HEARTBEAT_INTERVAL_SECONDS = 5
 """How often running jobs' heartbeats and this worker's record are refreshed."""
 
 JOB_HEARTBEAT_TTL_SECONDS = 20
-"""A running job whose heartbeat is older than this is abandoned (its worker died)."""
+"""Default: a running job whose heartbeat is older than this is abandoned (its worker died)."""
 
-MAINTENANCE_INTERVAL_SECONDS = 15
-"""How often abandoned jobs are looked for and retried (RQ's default is 10 minutes)."""
+MAINTENANCE_INTERVAL_SECONDS = 15.0
+"""Default: how often abandoned jobs are looked for and retried (RQ's default is 10 minutes)."""
 
-SLOT_WORKER_TTL_SECONDS = 20
-"""Slots block on the queue for (ttl - 15) seconds at a time, so an idle slot notices a stop quickly."""
+SLOT_WORKER_TTL_SECONDS = 16
+"""RQ blocks on the queue for (ttl - 15) seconds at a time: 1 s, so an idle slot notices a stop at once."""
 
 
 class SlotWorker(SimpleWorker):
@@ -53,9 +53,12 @@ class SlotWorker(SimpleWorker):
 
     death_penalty_class = TimerDeathPenalty
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, job_heartbeat_ttl: int = JOB_HEARTBEAT_TTL_SECONDS, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.running: tuple[Job, Execution] | None = None
+        self.job_heartbeat_ttl = job_heartbeat_ttl
+        # RQ's heartbeat pipeline sets `job_monitoring_interval + 60` as the worker key's TTL.
+        self.job_monitoring_interval = job_heartbeat_ttl
 
     def _install_signal_handlers(self) -> None:
         """Signals can only be handled by the main thread; `ThreadedWorker` stops the slots."""
@@ -66,9 +69,19 @@ class SlotWorker(SimpleWorker):
     def unsubscribe(self) -> None:
         """Nothing was subscribed."""
 
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        # RQ's loop keeps blocking on the queue until a job arrives; a slot must also notice a stop.
+        while not self._stop_requested:
+            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time=timeout)
+            if result is not None:
+                return result
+        return None
+
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # RQ's SimpleWorker uses `timeout + 60 s` because it never refreshes the heartbeat; we do.
-        return JOB_HEARTBEAT_TTL_SECONDS
+        return self.job_heartbeat_ttl
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         execution = self.prepare_execution(job)
@@ -110,6 +123,8 @@ class ThreadedWorker:
         drain_grace_seconds: float = 30.0,
         on_tick: Callable[[int], None] = lambda depth: None,
         on_stop: Callable[[], None] = lambda: None,
+        job_heartbeat_ttl: int = JOB_HEARTBEAT_TTL_SECONDS,
+        maintenance_interval: float = MAINTENANCE_INTERVAL_SECONDS,
     ) -> None:
         self.connection = connection
         self.queue = Queue(queue_name, connection=connection, serializer=JSONSerializer)
@@ -120,6 +135,8 @@ class ThreadedWorker:
         self._on_tick = on_tick
         self._on_stop = on_stop
         self._grace = drain_grace_seconds
+        self._job_heartbeat_ttl = job_heartbeat_ttl
+        self._maintenance_interval = maintenance_interval
         self._stop = threading.Event()
         self.slots = [
             SlotWorker(
@@ -130,6 +147,7 @@ class ThreadedWorker:
                 worker_ttl=SLOT_WORKER_TTL_SECONDS,
                 log_job_description=False,  # descriptions would be users' questions
                 disable_default_exception_handler=False,
+                job_heartbeat_ttl=job_heartbeat_ttl,
             )
             for index in range(slots)
         ]
@@ -151,12 +169,12 @@ class ThreadedWorker:
             thread.start()
             self._threads.append(thread)
         self._beat()
-        next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_SECONDS
+        next_maintenance = time.monotonic() + self._maintenance_interval
         while not self._stop.wait(HEARTBEAT_INTERVAL_SECONDS):
             self._beat()
             if time.monotonic() >= next_maintenance:
                 self._recover_abandoned()
-                next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_SECONDS
+                next_maintenance = time.monotonic() + self._maintenance_interval
         self._drain()
 
     def _run_slot(self, slot: SlotWorker) -> None:
@@ -179,7 +197,7 @@ class ThreadedWorker:
             key = keys.worker_heartbeat(self.name)
             with self.connection.pipeline() as pipe:
                 pipe.hset(key, mapping=record)
-                pipe.expire(key, JOB_HEARTBEAT_TTL_SECONDS)
+                pipe.expire(key, self._job_heartbeat_ttl)
                 pipe.sadd(keys.WORKERS_SET, self.name)
                 pipe.execute()
             self._on_tick(self.queue.count)

@@ -61,11 +61,7 @@ def run_async(coroutine: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 
 @app.command()
-def worker(
-    drain_grace: Annotated[
-        float, typer.Option(help="Seconds running answers get to finish on SIGTERM.")
-    ] = 30.0,
-) -> None:
+def worker() -> None:
     """Serve one model from its Redis queue (loads the model once; N answers at a time)."""
     settings = settings_or_exit()
 
@@ -75,7 +71,7 @@ def worker(
         from worker.main import run_worker
 
         try:
-            run_worker(settings, drain_grace_seconds=drain_grace)
+            run_worker(settings)
         except redis.ConnectionError as error:
             raise BrandbotError(f"cannot reach Redis at BRANDBOT_REDIS_URL ({error})") from None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from brandbot.errors import EngineLoadError
@@ -9,7 +10,19 @@ from brandbot.settings import EngineName
 from worker.engines.base import Engine
 
 
-def load_engine(name: EngineName, model_dir: Path | None, *, concurrency: int, **options: object) -> Engine:
+@dataclass(frozen=True)
+class GpuOptions:
+    """What only the ExLlamaV2 engine reads."""
+
+    cache_type: str = "fp16"
+    cache_tokens: int | None = None
+    gpu_split: list[float] | None = None
+    lora_dir: Path | None = None
+
+
+def load_engine(
+    name: EngineName, model_dir: Path | None, *, concurrency: int, gpu: GpuOptions | None = None
+) -> Engine:
     """Load the chosen engine once; exllamav2 is imported only here, on demand (it builds CUDA code)."""
     if model_dir is None:
         raise EngineLoadError(
@@ -23,7 +36,15 @@ def load_engine(name: EngineName, model_dir: Path | None, *, concurrency: int, *
     if name is EngineName.EXLLAMAV2:
         from worker.engines.exllamav2 import ExLlamaV2Engine
 
-        return ExLlamaV2Engine(model_dir, concurrency=concurrency, **options)
+        gpu = gpu or GpuOptions()
+        return ExLlamaV2Engine(
+            model_dir,
+            concurrency=concurrency,
+            cache_type=gpu.cache_type,
+            cache_tokens=gpu.cache_tokens,
+            gpu_split=gpu.gpu_split,
+            lora_dir=gpu.lora_dir,
+        )
     from worker.engines.transformers import TransformersEngine
 
     return TransformersEngine(model_dir, concurrency=concurrency)

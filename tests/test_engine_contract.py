@@ -1,0 +1,187 @@
+"""One contract every engine keeps; runs on the CPU engine always, on ExLlamaV2 where CUDA is present."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from brandbot.contract import FinishReason
+from brandbot.templating import ChatTemplate
+from worker.engines import load_engine
+from worker.engines.base import Engine, GenerationStream, SamplingSettings
+from worker.tiny_model import build_tiny_model
+
+GREEDY = SamplingSettings(temperature=0.0, max_new_tokens=40)
+
+
+def cuda_skip_reason() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU on this machine"
+    try:
+        import exllamav2  # noqa: F401
+    except ImportError:
+        return "exllamav2 is not installed (pip install '.[gpu]')"
+    return None
+
+
+@pytest.fixture(
+    scope="module",
+    params=["transformers", pytest.param("exllamav2", marks=pytest.mark.gpu)],
+)
+def engine_and_template(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_model: Path
+) -> Iterator[tuple[Engine, ChatTemplate]]:
+    from brandbot.settings import EngineName
+
+    name = EngineName(request.param)
+    model_dir = tiny_model
+    if name is EngineName.EXLLAMAV2:
+        if reason := cuda_skip_reason():
+            pytest.skip(reason)
+        model_dir = build_tiny_model(tmp_path_factory.mktemp("gpu-model") / "tiny", size="gpu")
+    engine = load_engine(name, model_dir, concurrency=8)
+    yield engine, ChatTemplate.from_model_dir(model_dir)
+    engine.close()
+
+
+@pytest.fixture
+def engine(engine_and_template: tuple[Engine, ChatTemplate]) -> Engine:
+    return engine_and_template[0]
+
+
+@pytest.fixture
+def prompt(engine_and_template: tuple[Engine, ChatTemplate]) -> str:
+    template = engine_and_template[1]
+    return template.render([{"role": "user", "content": "How do I reset my password?"}])
+
+
+def collect(stream: GenerationStream) -> list[str]:
+    return list(stream)
+
+
+@pytest.fixture
+def endless_prompt(engine_and_template: tuple[Engine, ChatTemplate]) -> str:
+    """A prompt whose greedy answer runs at least 300 tokens without an end of turn (random weights)."""
+    engine, template = engine_and_template
+    for attempt in range(30):
+        candidate = template.render([{"role": "user", "content": f"hello {attempt}"}])
+        stream = engine.submit(
+            candidate, SamplingSettings(temperature=0.0, max_new_tokens=300), deadline_seconds=60
+        )
+        collect(stream)
+        if stream.result is not None and stream.result.finish_reason is FinishReason.LENGTH:
+            return candidate
+    raise AssertionError("no prompt found whose greedy answer runs 300 tokens")
+
+
+def test_deltas_arrive_in_order_and_add_up_to_the_final_text(engine: Engine, prompt: str) -> None:
+    stream = engine.submit(prompt, GREEDY, deadline_seconds=60)
+    deltas = collect(stream)
+    assert stream.result is not None
+    assert len(deltas) > 1
+    assert "".join(deltas) == stream.result.text
+
+
+def test_usage_counts_match_the_tokenizer(engine: Engine, prompt: str) -> None:
+    stream = engine.submit(prompt, GREEDY, deadline_seconds=60)
+    collect(stream)
+    assert stream.result is not None
+    assert stream.result.prompt_tokens == engine.count_tokens(prompt)
+    assert 0 < stream.result.completion_tokens <= GREEDY.max_new_tokens
+    assert stream.result.time_to_first_token_ms is not None
+    assert stream.result.time_to_first_token_ms <= stream.result.total_ms
+
+
+def test_max_new_tokens_ends_with_length(engine: Engine, prompt: str) -> None:
+    stream = engine.submit(prompt, SamplingSettings(temperature=0.0, max_new_tokens=5), deadline_seconds=60)
+    collect(stream)
+    assert stream.result is not None
+    assert stream.result.completion_tokens <= 5
+    if stream.result.finish_reason is FinishReason.LENGTH:
+        assert stream.result.completion_tokens == 5
+    else:
+        assert stream.result.finish_reason is FinishReason.STOP
+
+
+def test_stop_string_ends_generation_and_never_reaches_the_user(engine: Engine, prompt: str) -> None:
+    free = engine.submit(prompt, GREEDY, deadline_seconds=60)
+    collect(free)
+    assert free.result is not None
+    text = free.result.text
+    assert len(text) > 12, "the greedy answer is too short to pick a stop string from"
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    stopped = engine.submit(
+        prompt,
+        SamplingSettings(temperature=0.0, max_new_tokens=40, stop_strings=(stop,)),
+        deadline_seconds=60,
+    )
+    shown = "".join(collect(stopped))
+    assert stopped.result is not None
+    assert stopped.result.finish_reason is FinishReason.STOP
+    assert stop not in shown
+    assert shown == text[: text.index(stop)]
+
+
+def test_cancel_stops_within_a_second_with_the_partial_answer(engine: Engine, prompt: str) -> None:
+    stream = engine.submit(
+        prompt, SamplingSettings(temperature=0.0, max_new_tokens=2000), deadline_seconds=60
+    )
+    first = next(iter(stream))
+    stream.cancel()
+    rest = collect(stream)
+    assert stream.result is not None
+    assert stream.result.finish_reason is FinishReason.CANCELLED
+    assert stream.result.text == first + "".join(rest)
+    assert stream.result.completion_tokens < 2000
+
+
+def test_deadline_ends_with_a_partial_answer_marked_as_such(engine: Engine, endless_prompt: str) -> None:
+    stream = engine.submit(
+        endless_prompt, SamplingSettings(temperature=0.0, max_new_tokens=300), deadline_seconds=0.05
+    )
+    shown = "".join(collect(stream))
+    assert stream.result is not None
+    assert stream.result.finish_reason is FinishReason.DEADLINE
+    assert stream.result.completion_tokens < 300
+    assert shown == stream.result.text
+
+
+def test_concurrent_generations_each_get_their_own_text(
+    engine: Engine, engine_and_template: tuple[Engine, ChatTemplate]
+) -> None:
+    template = engine_and_template[1]
+    prompts = [template.render([{"role": "user", "content": f"Question number {i}"}]) for i in range(6)]
+    alone = []
+    for each in prompts:
+        stream = engine.submit(each, GREEDY, deadline_seconds=60)
+        alone.append("".join(collect(stream)))
+    together = [engine.submit(each, GREEDY, deadline_seconds=60) for each in prompts]
+    texts = ["".join(collect(stream)) for stream in together]
+    assert texts == alone
+    assert len(set(texts)) > 1, "different prompts should give different answers"
+
+
+def test_a_cancelled_generation_frees_its_slot(engine: Engine, prompt: str, endless_prompt: str) -> None:
+    long = SamplingSettings(temperature=0.0, max_new_tokens=100_000)
+    hogs = [engine.submit(endless_prompt, long, deadline_seconds=60) for _ in range(engine.max_concurrency)]
+    waiting = engine.submit(prompt, GREEDY, deadline_seconds=60)
+    time.sleep(0.2)
+    for hog in hogs:
+        hog.cancel()
+    collect(waiting)
+    assert waiting.result is not None and waiting.result.finish_reason in (
+        FinishReason.STOP,
+        FinishReason.LENGTH,
+    )
+    assert all(
+        h.result is not None and h.result.finish_reason is FinishReason.CANCELLED
+        for h in hogs
+        if collect(h) is not None
+    )
