@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import redis
@@ -22,10 +23,11 @@ def collect_status(connection: redis.Redis) -> tuple[list[dict[str, str]], list[
         record: Any = connection.hgetall(keys.worker_heartbeat(name))
         if record:
             workers.append({"name": name, **{keys.as_text(k): keys.as_text(v) for k, v in record.items()}})
+    names = {q.name for q in Queue.all(connection=connection) if q.name.startswith(keys.model_queue(""))}
+    names |= {keys.model_queue(w["model"]) for w in workers if "model" in w}  # served, even if never used
     queues = []
-    for queue in Queue.all(connection=connection):
-        if not queue.name.startswith(keys.model_queue("")):
-            continue
+    for name in sorted(names):
+        queue = Queue(name, connection=connection)
         queues.append(
             {
                 "queue": queue.name,
@@ -43,7 +45,8 @@ def print_status(settings: Settings) -> None:
         workers, queues = collect_status(connection)
     except redis.ConnectionError as error:
         raise QueueUnavailable(f"cannot reach Redis at BRANDBOT_REDIS_URL ({error})") from None
-    console = Console()
+    # Piped output (scripts, CI logs) gets a wide table instead of wrapped cells.
+    console = Console() if sys.stdout.isatty() else Console(width=200)
     table = Table(
         "worker", "model", "engine", "mode", "in flight", "slots", "last heartbeat", title="Workers"
     )

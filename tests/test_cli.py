@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from brandbot.cli import app
+from tests.conftest import TEST_REDIS_URL
 
 runner = CliRunner()
 
@@ -46,7 +49,7 @@ def test_bad_setting_stops_with_one_line_naming_it() -> None:
     assert "BRANDBOT_WORKER_CONCURRENCY" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_missing_model_folder_is_one_line_with_a_hint(tmp_path: object) -> None:
+def test_missing_model_folder_is_one_line_with_a_hint() -> None:
     result = run_cli(
         "worker", BRANDBOT_MODEL_DIR="/nonexistent/model", BRANDBOT_REDIS_URL="redis://127.0.0.1:6379/9"
     )
@@ -66,3 +69,40 @@ def test_secrets_are_never_printed() -> None:
 
     settings = Settings(_env_file=None, slack_bot_token="xoxb-very-secret")  # type: ignore[call-arg]
     assert "xoxb-very-secret" not in repr(settings) and "xoxb-very-secret" not in str(settings.model_dump())
+
+
+def test_incomplete_model_folder_names_what_is_missing(tiny_model: Path, tmp_path: Path) -> None:
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(tiny_model / "config.json", partial / "config.json")
+    result = run_cli("worker", BRANDBOT_MODEL_DIR=str(partial), BRANDBOT_REDIS_URL=TEST_REDIS_URL)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "missing tokenizer.json and *.safetensors weights" in result.stderr
+
+
+def test_gpu_engine_on_a_cuda_less_host_says_what_to_do(tiny_model: Path) -> None:
+    result = run_cli(
+        "worker",
+        BRANDBOT_ENGINE="exllamav2",
+        BRANDBOT_MODEL_DIR=str(tiny_model),
+        BRANDBOT_REDIS_URL=TEST_REDIS_URL,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "brandbot: BRANDBOT_ENGINE=exllamav2 needs a CUDA GPU; use BRANDBOT_ENGINE=transformers on CPU"
+    )
+
+
+def test_unreachable_redis_is_one_line_for_worker_and_status(tiny_model: Path) -> None:
+    for command in ("worker", "status"):
+        result = run_cli(
+            command, BRANDBOT_MODEL_DIR=str(tiny_model), BRANDBOT_REDIS_URL="redis://127.0.0.1:1/0"
+        )
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert "cannot reach Redis at BRANDBOT_REDIS_URL" in result.stderr
+
+
+def test_status_prints_workers_and_queues(worker_process: object) -> None:
+    result = run_cli("status", BRANDBOT_REDIS_URL=TEST_REDIS_URL)
+    assert result.returncode == 0, result.stderr
+    assert "transformers" in result.stdout and "brandbot:model:default" in result.stdout

@@ -160,9 +160,11 @@ class ThreadedWorker:
     def busy_slots(self) -> int:
         return sum(slot.running is not None for slot in self.slots)
 
-    def run(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+    def run(self, *, handle_signals: bool = True) -> None:
+        """Serve until stopped; `handle_signals=False` lets a benchmark run it in a thread."""
+        if handle_signals:
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
         self._recover_abandoned()
         for slot in self.slots:
             thread = threading.Thread(target=self._run_slot, args=(slot,), name=slot.name, daemon=True)

@@ -27,6 +27,10 @@ app = typer.Typer(
 )
 model_app = typer.Typer(help="Model folders.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+bench_app = typer.Typer(
+    help="Benchmarks (not tests): figures printed as ratios, side by side.", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
 
 
 def fail(message: str, *, code: int = 1) -> None:
@@ -116,6 +120,41 @@ def model_tiny(
         fail("building a model needs the CPU extra: pip install -e '.[cpu]'")
     build_tiny_model(folder, size=size)  # type: ignore[arg-type]
     typer.echo(f"tiny model written to {folder}")
+
+
+@bench_app.command("engine")
+def bench_engine(
+    concurrency: Annotated[str, typer.Option(help="Comma-separated concurrencies.")] = "1,4,8,16",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 128,
+) -> None:
+    """Aggregate tokens/s and time to first token at several concurrencies on one loaded model."""
+    settings = settings_or_exit()
+
+    def start() -> None:
+        from worker.bench import bench_engine, load_for_bench
+
+        engine, template = load_for_bench(settings)
+        try:
+            bench_engine(
+                engine, template, [int(c) for c in concurrency.split(",")], max_new_tokens, typer.echo
+            )
+        finally:
+            engine.close()
+
+    run_tier(start)
+
+
+@bench_app.command("queue")
+def bench_queue(jobs: Annotated[int, typer.Option(help="Jobs in the throughput burst.")] = 1000) -> None:
+    """Pickup latency and jobs/s of the job path (null engine) next to raw RQ running a trivial job."""
+    settings = settings_or_exit()
+
+    def start() -> None:
+        from worker.bench import bench_queue
+
+        bench_queue(settings, jobs, typer.echo)
+
+    run_tier(start)
 
 
 def main() -> None:

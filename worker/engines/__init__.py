@@ -20,6 +20,24 @@ class GpuOptions:
     lora_dir: Path | None = None
 
 
+def check_model_folder(model_dir: Path) -> None:
+    """Fail before loading anything if the folder cannot be a complete Hugging Face-format model."""
+    if not (model_dir / "config.json").is_file():
+        raise EngineLoadError(
+            f"{model_dir} is not a model folder (no config.json): check BRANDBOT_MODEL_DIR"
+            " or build one with `brandbot model tiny DIR`"
+        )
+    missing = []
+    if not any((model_dir / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        missing.append("tokenizer.json")
+    if not any(model_dir.glob("*.safetensors")) and not any(model_dir.glob("*.bin")):
+        missing.append("*.safetensors weights")
+    if missing:
+        raise EngineLoadError(
+            f"{model_dir} is incomplete (missing {' and '.join(missing)}): copy the whole model folder there"
+        )
+
+
 def load_engine(
     name: EngineName, model_dir: Path | None, *, concurrency: int, gpu: GpuOptions | None = None
 ) -> Engine:
@@ -28,11 +46,7 @@ def load_engine(
         raise EngineLoadError(
             "BRANDBOT_MODEL_DIR is not set: point it at a model folder (try `brandbot model tiny`)"
         )
-    if not (model_dir / "config.json").is_file():
-        raise EngineLoadError(
-            f"{model_dir} is not a model folder (no config.json): check BRANDBOT_MODEL_DIR"
-            " or build one with `brandbot model tiny DIR`"
-        )
+    check_model_folder(model_dir)
     if name is EngineName.EXLLAMAV2:
         from worker.engines.exllamav2 import ExLlamaV2Engine
 
