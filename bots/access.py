@@ -1,7 +1,8 @@
 """Who may ask where, and how often: allow/block lists, admins, and a per-user token bucket in Redis.
 
-The rules are admin configuration (the `access:` section of `prompts/routing.yaml`); both platforms
-share them. Block lists win over allow lists; an empty allow list allows everyone.
+The rules are admin configuration (`slack.access` / `discord.access` in `prompts/routing.yaml`, modelled in
+`brandbot.promptfiles.access`); both platforms share this logic. Block lists win over allow lists; an empty
+allow list allows everyone.
 """
 
 from __future__ import annotations
@@ -11,35 +12,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import redis.asyncio
-from pydantic import BaseModel, ConfigDict, Field
 
 from brandbot import keys
+from brandbot.promptfiles.access import AccessRules, RateLimit
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RateLimit(_Strict):
-    questions_per_minute: float = Field(6.0, gt=0, description="Sustained rate per user.")
-    burst: int = Field(5, ge=1, description="Questions a user may ask at once before the rate applies.")
-
-
-class AccessRules(_Strict):
-    """Who may use the bot on one platform (ids as the platform shows them)."""
-
-    allow_users: list[str] = Field(default_factory=list, description="Only these users (empty: everyone).")
-    block_users: list[str] = Field(default_factory=list)
-    allow_channels: list[str] = Field(default_factory=list, description="Only these channels (empty: all).")
-    block_channels: list[str] = Field(default_factory=list)
-    allow_guilds: list[str] = Field(default_factory=list, description="Discord servers (empty: all).")
-    block_guilds: list[str] = Field(default_factory=list)
-    allow_roles: list[str] = Field(default_factory=list, description="Discord roles (empty: any role).")
-    block_roles: list[str] = Field(default_factory=list)
-    admins: list[str] = Field(default_factory=list, description="Users who may run admin commands.")
-    direct_messages: bool = Field(True, description="Answer direct messages.")
-    rate_limit: RateLimit = RateLimit()
-    max_question_chars: int | None = Field(None, ge=1, description="Overrides BRANDBOT_MAX_QUESTION_CHARS.")
+__all__ = ["AccessRules", "Asker", "RateLimit", "RateLimiter", "Refusal", "check_access", "is_admin"]
 
 
 class Refusal(StrEnum):

@@ -6,6 +6,7 @@ import redis
 
 from brandbot import keys
 from brandbot.errors import EngineLoadError
+from brandbot.feedback import FeedbackRecorder
 from brandbot.logs import get_logger
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.settings import Settings
@@ -56,6 +57,7 @@ def run_worker(settings: Settings) -> None:
         metrics=metrics,
         company=settings.company_name,
         deadline_seconds=settings.generation_deadline_seconds,
+        feedback=FeedbackRecorder(connection, retention_seconds=settings.retention_seconds),
     )
     worker = ThreadedWorker(
         connection=connection,
@@ -85,7 +87,9 @@ def run_worker(settings: Settings) -> None:
         context_length=engine.context_length,
         queue=keys.model_queue(settings.model_name),
     )
+    prompts.start_watching()
     try:
         worker.run()
     finally:
+        prompts.stop_watching()
         engine.close()

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 from pydantic import ValidationError
 
 from brandbot import messages
@@ -22,12 +23,14 @@ from brandbot.contract import (
     Usage,
 )
 from brandbot.errors import BadRequestPayload, TemplateError
+from brandbot.feedback import FeedbackRecorder
 from brandbot.logs import get_logger
 from brandbot.promptfiles.live import LivePromptLibrary
+from brandbot.promptfiles.models import Persona
 from brandbot.templating import ChatTemplate
 from worker.engines.base import Engine, GenerationStream, SamplingSettings
 from worker.metrics import WorkerMetrics
-from worker.prompt_builder import build_prompt
+from worker.prompt_builder import build_prompt, prompt_variables, system_message
 from worker.replies import ReplyPublisher
 
 log = get_logger(__name__)
@@ -59,6 +62,7 @@ class ReplyService:
     metrics: WorkerMetrics
     company: str
     deadline_seconds: float
+    feedback: FeedbackRecorder | None = None
     _streams: dict[str, GenerationStream] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     draining: bool = False
@@ -145,6 +149,8 @@ class ReplyService:
             time_to_first_token_ms=result.time_to_first_token_ms,
             total_ms=result.total_ms,
         )
+        # Stored before `done` goes out, so a rating given the moment the answer shows finds it.
+        self._record_for_feedback(request, persona, result.text, bound)
         self.publisher.publish(
             request.request_id,
             DoneEvent(attempt=attempt, text=result.text, finish_reason=result.finish_reason, usage=usage),
@@ -159,6 +165,26 @@ class ReplyService:
             ms=round(result.total_ms),
         )
         return {"finish_reason": result.finish_reason.value, "completion_tokens": result.completion_tokens}
+
+    def _record_for_feedback(
+        self, request: GenerationRequest, persona: Persona, answer: str, bound: Any
+    ) -> None:
+        """Keep the answer (for the retention period) so a 👍/👎 can be attached and exported later."""
+        if self.feedback is None:
+            return
+        try:
+            self.feedback.record_answer(
+                request.request_id,
+                persona=persona.name,
+                system_prompt=system_message(
+                    persona, prompt_variables(request, persona, company=self.company)
+                ),
+                turns=[{"role": turn.role.value, "content": turn.content} for turn in request.turns],
+                answer=answer,
+                platform=request.target.platform.value,
+            )
+        except redis.RedisError as error:
+            bound.warning("answer not kept for feedback", error_type=type(error).__name__)
 
     def _relay(self, request_id: str, attempt: int, stream: GenerationStream) -> None:
         pending: list[str] = []

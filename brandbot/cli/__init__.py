@@ -10,6 +10,9 @@ from typing import Annotated, Any
 
 import typer
 
+from brandbot.cli.chat import chat
+from brandbot.cli.feedback import feedback_app
+from brandbot.cli.prompts import prompts_app
 from brandbot.errors import BrandbotError, SettingsError
 from brandbot.logs import configure_logging
 from brandbot.settings import Settings, load_settings
@@ -31,6 +34,9 @@ bench_app = typer.Typer(
     help="Benchmarks (not tests): figures printed as ratios, side by side.", no_args_is_help=True
 )
 app.add_typer(bench_app, name="bench")
+app.add_typer(prompts_app, name="prompts")
+app.add_typer(feedback_app, name="feedback")
+app.command()(chat)
 
 
 def fail(message: str, *, code: int = 1) -> None:
