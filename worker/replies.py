@@ -13,10 +13,12 @@ class ReplyPublisher:
         self._redis = connection
         self._retention = retention_seconds
 
-    def publish(self, request_id: str, event: ReplyEvent) -> None:
+    def publish(self, request_id: str, *events: ReplyEvent) -> None:
+        """Append events in order, in one round trip."""
         stream = keys.reply_stream(request_id)
         with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(stream, {"event": reply_event_adapter.dump_json(event)})
+            for event in events:
+                pipe.xadd(stream, {"event": reply_event_adapter.dump_json(event)})
             pipe.expire(stream, self._retention)
             pipe.execute()
 

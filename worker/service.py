@@ -129,7 +129,7 @@ class ReplyService:
             self._streams[request.request_id] = stream
         self.metrics.job_started()
         try:
-            self._relay(request.request_id, attempt, stream)
+            tail = self._relay(request.request_id, attempt, stream)
         except Exception as error:
             bound.error("generation failed", error_type=type(error).__name__)
             self.metrics.outcome("error", ErrorKind.ENGINE)
@@ -151,10 +151,8 @@ class ReplyService:
         )
         # Stored before `done` goes out, so a rating given the moment the answer shows finds it.
         self._record_for_feedback(request, persona, result.text, bound)
-        self.publisher.publish(
-            request.request_id,
-            DoneEvent(attempt=attempt, text=result.text, finish_reason=result.finish_reason, usage=usage),
-        )
+        done = DoneEvent(attempt=attempt, text=result.text, finish_reason=result.finish_reason, usage=usage)
+        self.publisher.publish(request.request_id, *tail, done)
         self.metrics.finished(result)
         bound.info(
             "reply done",
@@ -186,7 +184,8 @@ class ReplyService:
         except redis.RedisError as error:
             bound.warning("answer not kept for feedback", error_type=type(error).__name__)
 
-    def _relay(self, request_id: str, attempt: int, stream: GenerationStream) -> None:
+    def _relay(self, request_id: str, attempt: int, stream: GenerationStream) -> list[DeltaEvent]:
+        """Publish deltas as they come (batched a little); return the last batch, to go out with `done`."""
         pending: list[str] = []
         next_flush = time.monotonic() + DELTA_BATCH_SECONDS
         next_cancel_check = time.monotonic() + CANCEL_POLL_SECONDS
@@ -195,12 +194,12 @@ class ReplyService:
             now = time.monotonic()
             if delta:
                 pending.append(delta)
-            if pending and (delta is None or now >= next_flush):
+            if delta is None:
+                return [DeltaEvent(attempt=attempt, text="".join(pending))] if pending else []
+            if pending and now >= next_flush:
                 self.publisher.publish(request_id, DeltaEvent(attempt=attempt, text="".join(pending)))
                 pending.clear()
                 next_flush = now + DELTA_BATCH_SECONDS
-            if delta is None:
-                return
             if now >= next_cancel_check:
                 next_cancel_check = now + CANCEL_POLL_SECONDS
                 if self.publisher.cancel_requested(request_id):
