@@ -93,6 +93,11 @@ class StreamingEditor:
         await self.pacer.acquire(self.sink.channel_key)
         await self._render(text or EMPTY_ANSWER)
 
+    async def finish_answer(self, text: str) -> None:
+        """The final text of a finished answer; the same as `finish` unless a platform adds to it
+        (Slack puts its feedback buttons on an answer, never on an error notice)."""
+        await self.finish(text)
+
     async def restart(self, placeholder: str) -> None:
         """A new attempt begins: back to one placeholder message."""
         self._pending = None
@@ -173,7 +178,7 @@ async def relay_reply(
                 notices.append(event.message)
             elif isinstance(event, DoneEvent):
                 shown = final_text(event, notices)
-                await editor.finish(shown)
+                await editor.finish_answer(shown)
                 return RelayOutcome("done", shown, event.finish_reason)
             elif isinstance(event, ErrorEvent):
                 await editor.finish(event.message)

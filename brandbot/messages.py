@@ -26,3 +26,59 @@ def queue_position(ahead: int) -> str:
         return THINKING
     noun = "request" if ahead == 1 else "requests"
     return f"Thinking… ({ahead} {noun} ahead of you)"
+
+
+# -- Discord
+DISCORD_EMPTY_ASK = "Please type a question in `prompt`."
+DISCORD_ADMINS_ONLY = "Only brandbot admins can do that."
+DISCORD_COMMAND_FAILED = "Sorry, that didn't work. Please try again."
+DISCORD_MOVED_BELOW = "This answer took a while, so it continues in a new message below."
+DISCORD_MOVED_TO_DM = "This answer took a while, so I'm finishing it in a direct message to you."
+DISCORD_MOVE_FAILED = "Sorry, this answer took too long to finish here, so I stopped. Please ask again."
+
+
+def discord_persona_refused(requested: str, choosable: list[str]) -> str:
+    if not choosable:
+        return f"You can't pick a persona here, so I didn't use {requested}. Ask again without `persona`."
+    return f"You can't pick {requested} here. You can pick: {', '.join(choosable)}."
+
+
+def discord_persona_here(display_name: str, name: str, reason: str, choosable: list[str]) -> str:
+    text = f"**{display_name}** (`{name}`) answers here: {reason}."
+    if choosable:
+        text += f"\nWith `/ask persona:` you can pick: {', '.join(choosable)}."
+    return text
+
+
+def discord_status(models: list[tuple[str, int, int]]) -> str:
+    """One line per model: (model, requests waiting, workers alive)."""
+    lines = [f"`{model}`: {waiting} waiting, {workers} worker(s) alive" for model, waiting, workers in models]
+    return "\n".join(lines) or "No models are configured."
+
+
+def discord_reloaded(personas: int) -> str:
+    return f"Prompt files reloaded: {personas} persona(s) live."
+
+
+def discord_reload_rejected(problems: list[str]) -> str:
+    return "The prompt files have problems, so the last good ones stay live:\n" + "\n".join(
+        f"- {problem}" for problem in problems
+    )
+
+
+# -- Slack
+SLACK_STOP_BUTTON = "Stop"
+SLACK_STOP_NOT_YOURS = "Only the person who asked (or a brandbot admin) can stop this answer."
+SLACK_FEEDBACK_GOOD_LABEL = "This answer helped"
+SLACK_FEEDBACK_BAD_LABEL = "This answer did not help"
+SLACK_FEEDBACK_THANKS = "Thanks, your rating is saved. It helps us make my answers better."
+SLACK_FEEDBACK_EXPIRED = "Sorry, that answer is too old to rate now."
+SLACK_DIRECT_MESSAGES_OFF = "Sorry, I don't answer direct messages here. Please mention me in a channel."
+SLACK_ASSISTANT_STATUS = "is thinking…"
+SLACK_SUGGESTED_PROMPTS_TITLE = "Here are a few things you can ask me:"
+SLACK_SUGGESTED_PROMPTS = (
+    ("What can you do?", "What can you help me with?"),
+    ("Explain something", "Explain, in plain words, how our product works."),
+    ("Draft a message", "Help me draft a short, friendly message to a customer."),
+)
+"""Offered when someone opens an assistant thread: (button title, the message it sends)."""

@@ -110,6 +110,27 @@ class Settings(BaseSettings):
     )
     slack_mode: SlackMode = Field(SlackMode.SOCKET, description="`socket` (no public URL) or `http`.")
     slack_http_port: int = Field(3000, ge=1, le=65535, description="Port of the HTTP Events API endpoint.")
+    slack_http_host: str = Field(
+        "0.0.0.0", description="Address the HTTP Events API endpoint listens on (HTTP mode)."
+    )
+    slack_http_path: str = Field(
+        "/slack/events",
+        pattern=r"^/[A-Za-z0-9/_.-]*$",
+        description="Path of the HTTP Events API endpoint: the Request URL's path in the Slack app config.",
+    )
+    slack_streaming: bool = Field(
+        True,
+        description="Stream answers with Slack's chat.startStream/appendStream/stopStream where the "
+        "workspace has them (otherwise, or when off, answers grow through chat.update).",
+    )
+    slack_native_markdown: bool = Field(
+        True,
+        description="Send the model's Markdown as is (markdown_text, markdown blocks). Off: convert it to "
+        "Slack mrkdwn, for workspaces or proxies without markdown_text.",
+    )
+    slack_thread_followups: bool = Field(
+        True, description="Answer replies in a thread the bot already answers in, without a new mention."
+    )
 
     # -- Discord -------------------------------------------------------------------------------------
     discord_token: SecretStr | None = Field(None, description="Discord bot token.")
@@ -145,3 +166,14 @@ def load_settings(**overrides: object) -> Settings:
             field = ".".join(str(part) for part in detail["loc"])
             problems.append(f"BRANDBOT_{field.upper()}: {detail['msg']}")
         raise SettingsError("; ".join(problems)) from None
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from the field descriptions (a test keeps them in step)."""
+    rows = ["| Setting | Default | What it does |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+        default = getattr(default, "value", default)
+        shown = "—" if default is None or default == [] else f"`{default}`"
+        rows.append(f"| `BRANDBOT_{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(rows)

@@ -258,7 +258,8 @@ def test_routing_errors_do_not_hide_reference_errors_elsewhere_in_it(folder: Pat
     found = problems(folder)
     assert found[0].startswith(f"{path}:1: default_persona: 'Not A Name' is not allowed here")
     assert found[1:] == [
-        f"{path}:3: slack.chanels: unknown key (expected one of: access, channels, thread_follow_ups, user_choice, workspaces)",
+        f"{path}:3: slack.chanels: unknown key"
+        " (expected one of: access, channels, thread_follow_ups, user_choice, workspaces)",
         f"{path}:5: slack.channels.C1.persona: no persona named 'ghost' (personas: default)",
     ]
 

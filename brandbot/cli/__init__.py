@@ -102,6 +102,19 @@ def slack() -> None:
 
 
 @app.command()
+def discord() -> None:
+    """Answer in Discord: slash commands, mentions, replies to the bot, threads and DMs."""
+    settings = settings_or_exit()
+
+    async def start() -> None:
+        from bots.discord import run_discord
+
+        await run_discord(settings)
+
+    run_async(start)
+
+
+@app.command()
 def status() -> None:
     """Workers alive (model, engine, mode, load) and each queue's waiting and failed jobs."""
     settings = settings_or_exit()

@@ -35,6 +35,8 @@ JSON = dict[str, Any]
 Handler = Callable[["Req", re.Match[str]], Awaitable[web.Response]]
 DISCORD_EPOCH_MS = 1420070400000
 GUILD_MEMBERS, GUILD_MESSAGES, DIRECT_MESSAGES, MESSAGE_CONTENT = 1 << 1, 1 << 9, 1 << 12, 1 << 15
+GUILD_PRESENCES = 1 << 8
+PRIVILEGED_INTENTS = GUILD_MEMBERS | GUILD_PRESENCES | MESSAGE_CONTENT
 ADMINISTRATOR, ALL_PERMISSIONS = 1 << 3, (1 << 53) - 1
 # ADD_REACTIONS, VIEW_CHANNEL, SEND_MESSAGES, EMBED_LINKS, ATTACH_FILES, READ_HISTORY, USE_APP_COMMANDS
 EVERYONE_PERMISSIONS = (1 << 6) | (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 16) | (1 << 31)
@@ -170,11 +172,13 @@ class DiscordEmulator:
         heartbeat_interval_ms: int = 41250,
         interaction_ack_deadline: float = 3.0,
         compress: bool = True,
+        privileged_intents: int = PRIVILEGED_INTENTS,
     ) -> None:
         self.application_id, self.token, self.compress = application_id, token, compress
         self.bot_user = make_user(bot_user_id, bot_name, bot=True)
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.interaction_ack_deadline = interaction_ack_deadline  # seconds to the first callback, as Discord
+        self.privileged_intents = privileged_intents  # enabled in the developer portal; others close 4014
         self.port = 0
         self.requests: list[Req] = []
         self.gateway_log: list[JSON] = []  # every frame a client sent, heartbeats included
@@ -436,6 +440,9 @@ class DiscordEmulator:
                 elif op == 2:
                     if d.get("token") != self.token:
                         await ws.close(code=4004, message=b"Authentication failed.")
+                        break
+                    if int(d.get("intents", 0)) & PRIVILEGED_INTENTS & ~self.privileged_intents:
+                        await ws.close(code=4014, message=b"Disallowed intent(s).")
                         break
                     session = _Session(secrets.token_hex(16), int(d.get("intents", 0)), d.get("shard"), conn)
                     self._sessions.append(session)

@@ -1,0 +1,179 @@
+"""Slash commands: `/ask`, `/persona`, and the admins' `/brandbot status` and `/brandbot reload`.
+
+Refusals come before the deferral, so they can be ephemeral (after a public defer the first follow-up
+inherits the public response). Everything before `defer()` is local work or a Redis call with a short
+budget, to stay inside Discord's 3-second window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+from rq import Queue
+
+from bots.access import is_admin
+from bots.discord.conversation import Question, role_ids, thread_parent_id
+from bots.discord.desk import REDIS_ERRORS, AnswerDesk, place_of
+from bots.discord.sinks import NO_PINGS, clip
+from brandbot import keys, messages
+from brandbot.logs import get_logger
+from brandbot.promptfiles.models import Persona
+
+log = get_logger(__name__)
+
+REDIS_BUDGET_SECONDS = 1.5
+"""Redis work before `defer()` gets this long; Discord drops an interaction not answered within 3 s."""
+
+MAX_CHOICES = 25
+"""Discord shows at most this many autocomplete choices."""
+
+CHOICE_NAME_CHARS = 100
+
+
+def question_from_interaction(
+    interaction: discord.Interaction, prompt: str, persona: str | None = None
+) -> Question:
+    return Question(
+        event_id=str(interaction.id),
+        user_id=str(interaction.user.id),
+        display_name=interaction.user.display_name,
+        guild_id=str(interaction.guild_id) if interaction.guild_id else None,
+        channel_id=str(interaction.channel_id),
+        parent_channel_id=thread_parent_id(interaction.channel),
+        channel_name=getattr(interaction.channel, "name", None) or "",
+        role_ids=role_ids(interaction.user),
+        text=prompt.strip(),
+        requested_persona=persona or None,
+    )
+
+
+def choice_label(persona: Persona) -> str:
+    label = f"{persona.display_name} — {persona.description}" if persona.description else persona.display_name
+    return label if len(label) <= CHOICE_NAME_CHARS else label[: CHOICE_NAME_CHARS - 1] + "…"
+
+
+async def tell(interaction: discord.Interaction, text: str) -> None:
+    """Answer the interaction so that only the person who ran the command sees it."""
+    await interaction.response.send_message(clip(text), ephemeral=True, allowed_mentions=NO_PINGS)
+
+
+class BrandbotCommands(commands.Cog):
+    """The slash commands, all backed by one `AnswerDesk`."""
+
+    admin = app_commands.Group(name="brandbot", description="brandbot administration (admins only)")
+
+    def __init__(self, desk: AnswerDesk) -> None:
+        self.desk = desk
+
+    @app_commands.command()
+    @app_commands.describe(
+        prompt="Your question",
+        persona="Answer in this persona's voice (only where an admin allows picking)",
+        private="Only you see the answer",
+    )
+    async def ask(
+        self, interaction: discord.Interaction, prompt: str, persona: str | None = None, private: bool = False
+    ) -> None:
+        """Ask brandbot a question; the answer appears here as it is written."""
+        question = question_from_interaction(interaction, prompt, persona)
+        if not question.text:
+            await tell(interaction, messages.DISCORD_EMPTY_ASK)
+            return
+        verdict = self.desk.screen(question)
+        if isinstance(verdict, str):
+            await tell(interaction, verdict)
+            return
+        try:
+            async with asyncio.timeout(REDIS_BUDGET_SECONDS):
+                if not await self.desk.first_time(question.event_id):
+                    log.info("duplicate interaction ignored", interaction_id=question.event_id)
+                    return
+                wait = await self.desk.rate_limit_wait(question.user_id)
+        except (*REDIS_ERRORS, TimeoutError):
+            log.warning("redis unreachable, interaction refused", interaction_id=question.event_id)
+            await tell(interaction, messages.QUEUE_UNREACHABLE)
+            return
+        if wait:
+            await tell(interaction, messages.RATE_LIMITED.format(seconds=wait))
+            return
+        sink = self.desk.interaction_sink(interaction, private=private)
+        try:
+            await interaction.response.defer(thinking=True, ephemeral=private)
+        except discord.HTTPException as error:  # 10062: Discord gave up on this interaction already
+            log.warning("interaction expired before it was deferred", code=error.code)
+            return
+        self.desk.start(question, verdict, sink)
+
+    @ask.autocomplete("persona")
+    async def persona_choices(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        """Personas that may be picked where the command is typed (none where routing does not allow it)."""
+        place = place_of(question_from_interaction(interaction, ""))
+        needle = current.casefold().strip()
+        return [
+            app_commands.Choice(name=choice_label(persona), value=persona.name)
+            for persona in self.desk.prompts.current().choosable(**place)
+            if needle in persona.name.casefold() or needle in persona.display_name.casefold()
+        ][:MAX_CHOICES]
+
+    @app_commands.command(name="persona")
+    async def show_persona(self, interaction: discord.Interaction) -> None:
+        """Show which persona answers in this channel, and why."""
+        question = question_from_interaction(interaction, "")
+        refusal = self.desk.refusal(question)
+        if refusal is not None:
+            await tell(interaction, refusal)
+            return
+        library = self.desk.prompts.current()
+        place = place_of(question)
+        resolution = library.resolve(**place)
+        choosable = [persona.name for persona in library.choosable(**place)]
+        persona = resolution.persona
+        await tell(
+            interaction,
+            messages.discord_persona_here(persona.display_name, persona.name, resolution.reason, choosable),
+        )
+
+    @admin.command(name="status")
+    async def status(self, interaction: discord.Interaction) -> None:
+        """Requests waiting and workers alive, per model."""
+        if not await self._admin(interaction):
+            return
+        models = sorted({persona.model for persona in self.desk.prompts.current().personas.values()})
+        try:
+            async with asyncio.timeout(REDIS_BUDGET_SECONDS):
+                rows = [(model, *await self._load(model)) for model in models]
+        except (*REDIS_ERRORS, TimeoutError):
+            await tell(interaction, messages.QUEUE_UNREACHABLE)
+            return
+        await tell(interaction, messages.discord_status(rows))
+
+    async def _load(self, model: str) -> tuple[int, int]:
+        rq_key = Queue.redis_queue_namespace_prefix + keys.model_queue(model)
+        waiting = await self.desk.queue.redis.llen(rq_key)
+        return int(waiting), await self.desk.queue.workers_alive(model)
+
+    @admin.command(name="reload")
+    async def reload(self, interaction: discord.Interaction) -> None:
+        """Re-read the prompt files now; problems are listed and the last good files stay live."""
+        if not await self._admin(interaction):
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        problems = await asyncio.to_thread(self.desk.prompts.reload)
+        if problems:
+            text = messages.discord_reload_rejected(problems)
+        else:
+            text = messages.discord_reloaded(len(self.desk.prompts.current().personas))
+        log.info("prompt reload requested", user_id=interaction.user.id, problems=len(problems))
+        await interaction.edit_original_response(content=clip(text), allowed_mentions=NO_PINGS)
+
+    async def _admin(self, interaction: discord.Interaction) -> bool:
+        if is_admin(self.desk.access(), str(interaction.user.id)):
+            return True
+        log.info("admin command refused", user_id=interaction.user.id)
+        await tell(interaction, messages.DISCORD_ADMINS_ONLY)
+        return False
