@@ -35,6 +35,11 @@ def inflight(platform: str) -> str:
     return f"{KEY_PREFIX}:inflight:{platform}"
 
 
+def relay_lease(platform: str, request_id: str) -> str:
+    """Held by the front-end process relaying this answer (SET NX EX, renewed while it relays)."""
+    return f"{KEY_PREFIX}:relay-lease:{platform}:{request_id}"
+
+
 def worker_heartbeat(worker_name: str) -> str:
     return f"{KEY_PREFIX}:worker:{worker_name}"
 

@@ -185,3 +185,14 @@ def test_a_cancelled_generation_frees_its_slot(engine: Engine, prompt: str, endl
         for h in hogs
         if collect(h) is not None
     )
+
+
+def test_every_sampler_setting_is_honoured_without_error(engine: Engine, prompt: str) -> None:
+    sampling = SamplingSettings(
+        temperature=0.7, top_p=0.8, top_k=20, min_p=0.05, repetition_penalty=1.3, max_new_tokens=30, seed=3
+    )
+    first = engine.submit(prompt, sampling, deadline_seconds=60)
+    second = engine.submit(prompt, sampling, deadline_seconds=60)
+    texts = ["".join(collect(first)), "".join(collect(second))]
+    assert first.result is not None and first.result.completion_tokens > 0
+    assert texts[0] == texts[1], "the same seed must give the same answer"

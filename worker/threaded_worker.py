@@ -18,6 +18,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -128,7 +129,8 @@ class ThreadedWorker:
     ) -> None:
         self.connection = connection
         self.queue = Queue(queue_name, connection=connection, serializer=JSONSerializer)
-        self.name = name or f"{socket.gethostname()}.{os.getpid()}"
+        # A random part too: PIDs repeat, and RQ refuses a name a dead worker's record still holds.
+        self.name = name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
         self._thread_setup = thread_setup
         self._heartbeat_record = heartbeat_record
         self._on_drain_timeout = on_drain_timeout

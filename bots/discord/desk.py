@@ -21,7 +21,6 @@ from rq.job import Job
 
 from bots.access import AccessRules, RateLimiter, Refusal, check_access
 from bots.discord.conversation import Question
-from bots.discord.relays import LEASE_SECONDS, RelayBook
 from bots.discord.sinks import (
     INTERACTION_TOKEN_SECONDS,
     TOKEN_MARGIN_SECONDS,
@@ -33,6 +32,7 @@ from bots.discord.sinks import (
     Sink,
 )
 from bots.relay import ChannelPacer, StreamingEditor, relay_reply
+from bots.relay_book import LEASE_SECONDS, RelayBook
 from brandbot import keys, messages
 from brandbot.contract import GenerationRequest, Platform, ReplyTarget, Role, Turn, UserRef
 from brandbot.errors import QueueUnavailable
@@ -87,7 +87,7 @@ class AnswerDesk:
         self.rate_limiter = rate_limiter or RateLimiter(queue.redis)
         self.clock = clock
         self.pacer = ChannelPacer(settings.edit_interval_seconds)
-        self.book = RelayBook(queue.redis, retention_seconds=settings.retention_seconds)
+        self.book = RelayBook(queue.redis, platform="discord", retention_seconds=settings.retention_seconds)
         self._answers: set[asyncio.Task[None]] = set()
         self._housekeeping: asyncio.Task[None] | None = None
 

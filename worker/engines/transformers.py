@@ -1,8 +1,8 @@
 """CPU engine (transformers + torch): development, the offline demo and the test suite.
 
-One generation thread steps every active sequence one token at a time, round-robin, each with its own
-KV cache: many conversations progress together and all stream, while the model is only ever called from
-that one thread.
+One generation thread is the only caller of the model. New requests are prefilled alone; then every
+running sequence advances by one token per batched forward (continuous batching: sequences join and
+leave between steps), so many conversations stream at once for little more than the cost of one.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ class _Sequence:
     stop_filter: StopStringFilter
     generator: Any
     generated: list[int] = field(default_factory=list)
-    cache: Any = None
+    layers: list[tuple[Any, Any]] | None = None  # this sequence's KV cache, one (keys, values) per layer
+    cached: int = 0  # tokens in `layers`
     first_token_at: float | None = None
 
 
@@ -39,7 +40,7 @@ class TransformersEngine(Engine):
     def __init__(self, model_dir: Path, *, concurrency: int) -> None:
         try:
             import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
         except ImportError as error:
             raise EngineLoadError(
                 f"the CPU engine needs torch and transformers ({error.name} is missing): pip install '.[cpu]'"
@@ -55,7 +56,8 @@ class TransformersEngine(Engine):
         config = self._model.config
         self.context_length = int(getattr(config, "max_position_embeddings", 2048))
         self.max_concurrency = concurrency
-        self.mode = f"round-robin stepping, {concurrency} sequences at once"
+        self.mode = f"continuous batching, up to {concurrency} sequences per step"
+        self._cache_class = DynamicCache
         self._stop_ids = _eos_ids(config.eos_token_id, self._tokenizer.eos_token_id)
         self._incoming: collections.deque[_Sequence] = collections.deque()
         self._active: list[_Sequence] = []
@@ -101,30 +103,84 @@ class TransformersEngine(Engine):
                 self._wake.wait(IDLE_WAIT_SECONDS)
                 self._wake.clear()
                 continue
-            for sequence in list(self._active):
-                try:
-                    done = self._step(sequence)
-                except Exception as error:  # one bad sequence must not take the others down
-                    sequence.stream.fail(error)
-                    done = True
-                if done:
-                    self._active.remove(sequence)
+            self._active = [seq for seq in self._active if not self._ended_early(seq)]
+            decoding = [seq for seq in self._active if seq.layers is not None]
+            for seq in [seq for seq in self._active if seq.layers is None]:
+                self._guarded([seq], lambda group: [self._prefill(group[0])])
+            if decoding:
+                self._guarded(decoding, self._decode)
 
-    def _step(self, seq: _Sequence) -> bool:
-        """Advance one sequence by one token; True when it has finished."""
+    def _guarded(self, group: list[_Sequence], forward: Any) -> None:
+        """Run one forward for `group`, then take each sequence's next token; failures end only `group`."""
+        try:
+            rows = forward(group)
+            finished = [seq for seq, logits in zip(group, rows, strict=True) if self._accept(seq, logits)]
+        except Exception as error:  # a bad sequence must not take the others down
+            for seq in group:
+                seq.stream.fail(error)
+            finished = group
+        for seq in finished:
+            self._active.remove(seq)
+
+    def _ended_early(self, seq: _Sequence) -> bool:
         if seq.stream.cancelled:
             return self._finish(seq, FinishReason.CANCELLED)
         if time.monotonic() >= seq.stream.deadline_at:
             return self._finish(seq, FinishReason.DEADLINE)
+        return False
+
+    def _prefill(self, seq: _Sequence) -> Any:
+        """The whole prompt of a newly admitted sequence, alone (prompts differ in length)."""
         torch = self._torch
         with torch.inference_mode():
-            if seq.cache is None:
-                inputs = torch.tensor([seq.prompt_ids])
-            else:
-                inputs = torch.tensor([[seq.generated[-1]]])
-            output = self._model(input_ids=inputs, cache=seq.cache, use_cache=True)
-            seq.cache = output.cache
-            token = _sample(torch, output.logits[0, -1].float(), seq.sampling, seq.generated, seq.generator)
+            output = self._model(input_ids=torch.tensor([seq.prompt_ids]), use_cache=True)
+        seq.layers = [(layer.keys, layer.values) for layer in output.cache.layers]
+        seq.cached = len(seq.prompt_ids)
+        return output.logits[0, -1]
+
+    def _decode(self, group: list[_Sequence]) -> list[Any]:
+        """One token for every running sequence in a single batched forward.
+
+        Each sequence keeps its own KV cache; for the step they are left-padded to a common length and
+        masked, with each sequence's own positions, then split back. Copying costs O(batch × cache), which
+        is cheap next to the forward at the sizes this CPU engine is for.
+        """
+        torch = self._torch
+        longest = max(seq.cached for seq in group)
+        pad = torch.nn.functional.pad
+        layers = []
+        for index in range(len(group[0].layers or ())):
+            keys, values = [], []
+            for seq in group:
+                assert seq.layers is not None
+                key, value = seq.layers[index]
+                keys.append(pad(key, (0, 0, longest - seq.cached, 0)))
+                values.append(pad(value, (0, 0, longest - seq.cached, 0)))
+            layers.append((torch.cat(keys), torch.cat(values)))
+        mask = torch.zeros(len(group), longest + 1, dtype=torch.long)
+        for row, seq in enumerate(group):
+            mask[row, longest - seq.cached :] = 1
+        with torch.inference_mode():
+            output = self._model(
+                input_ids=torch.tensor([[seq.generated[-1]] for seq in group]),
+                attention_mask=mask,
+                position_ids=torch.tensor([[seq.cached] for seq in group]),
+                cache=self._cache_class(ddp_cache_data=layers),
+                use_cache=True,
+            )
+        for row, seq in enumerate(group):
+            start = longest - seq.cached
+            seq.layers = [
+                (layer.keys[row : row + 1, :, start:], layer.values[row : row + 1, :, start:])
+                for layer in output.cache.layers
+            ]
+            seq.cached += 1
+        return [output.logits[row, -1] for row in range(len(group))]
+
+    def _accept(self, seq: _Sequence, logits: Any) -> bool:
+        """Sample the sequence's next token and stream it; True when the sequence has finished."""
+        with self._torch.inference_mode():
+            token = _sample(self._torch, logits.float(), seq.sampling, seq.generated, seq.generator)
         if seq.first_token_at is None:
             seq.first_token_at = time.monotonic()
         if token in self._stop_ids:
@@ -155,7 +211,7 @@ class TransformersEngine(Engine):
                 total_ms=(now - started) * 1000,
             )
         )
-        seq.cache = None
+        seq.layers = None
         return True
 
 

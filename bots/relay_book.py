@@ -2,8 +2,9 @@
 
 Each answer has an in-flight record (`bots.inflight.InflightRequests`: where it is shown, never its text)
 and a short lease that its relaying process keeps renewing. A record whose lease lapsed belongs to a
-process that stopped; any front-end sharing the Redis claims it and renders the reply stream again from
-the top into the same messages. A clean shutdown releases its leases, so a restart resumes at once.
+process that stopped; any front-end of the same platform sharing the Redis claims it and renders the reply
+stream again from the top into the same messages. A clean shutdown releases its leases, so a restart
+resumes at once. Both platforms use this one book.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ import redis.asyncio
 from bots.inflight import InflightRequests
 from brandbot import keys
 
-PLATFORM = "discord"
-
 LEASE_SECONDS = 20
 """A relaying process renews its leases well within this; a crashed one's answers resume after it."""
 
+# Renew or release a lease only while this process still holds it.
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -31,17 +31,13 @@ return 0
 """
 
 
-def relay_lease(request_id: str) -> str:
-    """Held by the process relaying this answer (SET NX EX, renewed)."""
-    return f"{keys.KEY_PREFIX}:relay-lease:{PLATFORM}:{request_id}"
-
-
 class RelayBook:
     """In-flight records plus the leases that say which process is relaying each one."""
 
-    def __init__(self, connection: redis.asyncio.Redis, *, retention_seconds: int) -> None:
+    def __init__(self, connection: redis.asyncio.Redis, *, platform: str, retention_seconds: int) -> None:
         self._redis = connection
-        self._records = InflightRequests(connection, platform=PLATFORM, retention_seconds=retention_seconds)
+        self._platform = platform
+        self._records = InflightRequests(connection, platform=platform, retention_seconds=retention_seconds)
         self._owner = uuid.uuid4().hex  # this process
         self._renew = connection.register_script(_RENEW)
         self._release = connection.register_script(_RELEASE)
@@ -49,7 +45,9 @@ class RelayBook:
 
     async def claim(self, request_id: str) -> bool:
         """Take the lease of an answer; False if a live process holds it."""
-        taken = await self._redis.set(relay_lease(request_id), self._owner, nx=True, ex=LEASE_SECONDS)
+        taken = await self._redis.set(
+            keys.relay_lease(self._platform, request_id), self._owner, nx=True, ex=LEASE_SECONDS
+        )
         if taken:
             self.held.add(request_id)
         return bool(taken)
@@ -65,11 +63,13 @@ class RelayBook:
     async def release(self, request_id: str) -> None:
         """Stop relaying but keep the record, so another process picks the answer up."""
         self.held.discard(request_id)
-        await self._release(keys=[relay_lease(request_id)], args=[self._owner])
+        await self._release(keys=[keys.relay_lease(self._platform, request_id)], args=[self._owner])
 
     async def renew(self) -> None:
         for request_id in list(self.held):
-            await self._renew(keys=[relay_lease(request_id)], args=[self._owner, LEASE_SECONDS])
+            await self._renew(
+                keys=[keys.relay_lease(self._platform, request_id)], args=[self._owner, LEASE_SECONDS]
+            )
 
     async def orphans(self) -> list[tuple[str, dict[str, Any]]]:
         """Records no live process is relaying, each now claimed by this one."""
