@@ -27,6 +27,9 @@ JOB_TIMEOUT_MARGIN_SECONDS = 30
 
 STREAM_BLOCK_MS = 1000
 
+ASYNC_POOL_CONNECTIONS = 4096
+"""Redis connections one front-end process may open (each answer being relayed holds one)."""
+
 
 @dataclass(frozen=True)
 class Enqueued:
@@ -51,8 +54,13 @@ class RequestQueue:
         self._sync = redis.Redis.from_url(
             redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=15
         )
+        # Every relayed answer holds a connection while it waits on its stream: redis-py's default cap
+        # (100) would turn a busy minute into "too many connections" errors.
         self._async = redis.asyncio.Redis.from_url(
-            redis_url, socket_connect_timeout=2, health_check_interval=15
+            redis_url,
+            max_connections=ASYNC_POOL_CONNECTIONS,
+            socket_connect_timeout=2,
+            health_check_interval=15,
         )
 
     @property

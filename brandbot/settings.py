@@ -128,9 +128,6 @@ class Settings(BaseSettings):
         description="Send the model's Markdown as is (markdown_text, markdown blocks). Off: convert it to "
         "Slack mrkdwn, for workspaces or proxies without markdown_text.",
     )
-    slack_thread_followups: bool = Field(
-        True, description="Answer replies in a thread the bot already answers in, without a new mention."
-    )
 
     # -- Discord -------------------------------------------------------------------------------------
     discord_token: SecretStr | None = Field(None, description="Discord bot token.")

@@ -7,10 +7,11 @@ import time
 
 import redis
 
-from bots.relay import STREAMING_CURSOR
+from bots.slack.blocks import STOP_ACTION
 from brandbot import keys, messages
 from brandbot.contract import DoneEvent, parse_reply_event
 from tests.conftest import SlackBot, WorkerProcess
+from tests.slack_fixtures import buttons, is_final_answer, settled, visible
 
 log = logging.getLogger("brandbot.tests")
 
@@ -40,30 +41,26 @@ async def test_mention_gets_placeholder_then_streamed_final_answer_in_thread(
 
     def answered() -> bool:
         replies = slack_bot.bot_messages("C100", question.ts)
-        return (
-            bool(replies)
-            and bool(done_events(redis_client))
-            and not any(
-                (m.markdown_text or "").endswith(STREAMING_CURSOR) or m.markdown_text == messages.THINKING
-                for m in replies
-            )
-        )
+        return bool(replies) and bool(done_events(redis_client)) and all(settled(m) for m in replies)
 
     await slack.wait_until(answered, timeout=60)
     posts = slack.calls_to("chat.postMessage")
-    updates = slack.calls_to("chat.update")
-    assert posts[0].params["markdown_text"] == messages.THINKING
+    # The placeholder says it is thinking and carries the Stop button while the answer is written.
+    assert posts[0].params["text"] == messages.THINKING and STOP_ACTION in [
+        element["action_id"] for element in posts[0].params["blocks"][-1]["elements"]
+    ]
     assert posts[0].params["thread_ts"] == question.ts and posts[0].params["channel"] == "C100"
     [done] = done_events(redis_client).values()
     [reply] = slack_bot.bot_messages("C100", question.ts)
-    assert reply.markdown_text == (done.text.strip() or "…")
-    assert updates and updates[-1].params["ts"] == reply.ts
+    assert visible(reply) == (done.text.strip() or "…") and is_final_answer(reply)
+    finals = slack.calls_to("chat.stopStream") or slack.calls_to("chat.update")
+    assert finals and finals[-1].params["ts"] == reply.ts and buttons(reply)
     log.info(
         "mention to placeholder %.0f ms, to final message %.0f ms",
         (posts[0].at - sent_at) * 1000,
-        (updates[-1].at - sent_at) * 1000,
+        (finals[-1].at - sent_at) * 1000,
     )
     print(
         f"\nspine latency: placeholder {(posts[0].at - sent_at) * 1000:.0f} ms, "
-        f"final {(updates[-1].at - sent_at) * 1000:.0f} ms"
+        f"final {(finals[-1].at - sent_at) * 1000:.0f} ms"
     )

@@ -13,6 +13,7 @@ from brandbot import keys, messages
 from brandbot.settings import Settings
 from tests.conftest import PrivateRedis, SlackBot, WorkerProcess, slack_bot_running, wait_for_worker
 from tests.emulators.slack import SlackEmulator
+from tests.slack_fixtures import is_final_answer, visible
 
 QUEUE = keys.model_queue("default")
 
@@ -102,12 +103,8 @@ async def test_front_end_survives_redis_outage_and_recovers(
         second = await mention(bot, f"<@{bot.emulator.bot_user_id}> and now?")
 
         def answered() -> bool:
-            texts = [m.markdown_text or "" for m in bot.bot_messages("C1", second)]
-            return (
-                bool(texts)
-                and texts[0] not in (messages.THINKING, messages.QUEUE_UNREACHABLE)
-                and not texts[0].endswith("▍")
-            )
+            replies = bot.bot_messages("C1", second)
+            return len(replies) == 1 and is_final_answer(replies[0])
 
         await bot.emulator.wait_until(answered, timeout=60)
 
@@ -130,7 +127,7 @@ async def test_worker_error_reaches_the_user_as_a_short_message(
         thread = await mention(bot, f"<@{bot.emulator.bot_user_id}> hi")
 
         def finished() -> bool:
-            texts = [m.markdown_text for m in bot.bot_messages("C1", thread)]
+            texts = [visible(m) for m in bot.bot_messages("C1", thread)]
             return texts == [messages.PERSONA_UNAVAILABLE]
 
         await bot.emulator.wait_until(finished, timeout=30)

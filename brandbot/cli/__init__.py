@@ -15,7 +15,7 @@ from brandbot.cli.feedback import feedback_app
 from brandbot.cli.prompts import prompts_app
 from brandbot.errors import BrandbotError, SettingsError
 from brandbot.logs import configure_logging
-from brandbot.settings import Settings, load_settings
+from brandbot.settings import Settings, SlackMode, load_settings
 
 # Nothing may phone home: no model hub downloads, no telemetry, at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -89,9 +89,19 @@ def worker() -> None:
 
 
 @app.command()
-def slack() -> None:
-    """Answer in Slack (Socket Mode): mentions are queued and answered in their thread."""
+def slack(
+    mode: Annotated[
+        SlackMode | None,
+        typer.Option(help="`socket` (no public URL) or `http` (Events API; needs the signing secret)."),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port of the HTTP Events API endpoint.")
+    ] = None,
+) -> None:
+    """Answer in Slack: mentions, DMs and thread replies, streamed into their thread."""
     settings = settings_or_exit()
+    chosen = {"slack_mode": mode, "slack_http_port": port}
+    settings = settings.model_copy(update={k: v for k, v in chosen.items() if v is not None})
 
     async def start() -> None:
         from bots.slack import run_slack
@@ -174,6 +184,41 @@ def bench_queue(jobs: Annotated[int, typer.Option(help="Jobs in the throughput b
         bench_queue(settings, jobs, typer.echo)
 
     run_tier(start)
+
+
+@bench_app.command("slack")
+def bench_slack(
+    mentions: Annotated[int, typer.Option(help="Mentions sent in one burst.")] = 500,
+    users: Annotated[int, typer.Option(help="Distinct people sending them.")] = 100,
+    channels: Annotated[int, typer.Option(help="Channels they are spread over.")] = 50,
+    rate: Annotated[float, typer.Option(help="Mentions per second; 0 sends them all at once.")] = 0.0,
+    redis_url: Annotated[
+        str | None, typer.Option(help="A scratch Redis database (default: BRANDBOT_REDIS_URL).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for every answer.")] = 180.0,
+) -> None:
+    """Ack and enqueue latency of the Slack front-end under a burst through the emulator (source checkout)."""
+    settings = settings_or_exit()
+    if redis_url is not None:
+        settings = settings.model_copy(update={"redis_url": redis_url})
+    configure_logging(level="WARNING", log_message_text=False)  # 500 answers' log lines hide the figures
+
+    async def start() -> None:
+        from bots.slack_bench import run_slack_bench
+
+        result = await run_slack_bench(
+            settings,
+            mentions=mentions,
+            users=users,
+            channels=channels,
+            rate=rate,
+            answer_wait_seconds=timeout,
+            progress=typer.echo,
+        )
+        for line in result.lines():
+            typer.echo(line)
+
+    run_async(start)
 
 
 def main() -> None:

@@ -1,0 +1,218 @@
+"""The Slack app: bolt listeners for questions and buttons, on Socket Mode or the HTTP Events API.
+
+Listeners only classify the event and hand it to the desk, so bolt's ack goes out at once and the
+answer runs as a task of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import aiohttp
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bots.access import AccessRules
+from bots.relay import ChannelPacer
+from bots.slack.blocks import FEEDBACK_BAD_ACTION, FEEDBACK_GOOD_ACTION, STOP_ACTION
+from bots.slack.controls import Controls
+from bots.slack.desk import EnqueueObserver, SlackDesk
+from bots.slack.events import from_mention, from_message
+from bots.slack.http_mode import serve_http
+from brandbot.feedback import FeedbackStore
+from brandbot.logs import get_logger
+from brandbot.promptfiles.live import LivePromptLibrary
+from brandbot.queue import RequestQueue
+from brandbot.settings import Settings, SlackMode
+
+log = get_logger(__name__)
+
+RATE_LIMIT_RETRIES = 3
+"""slack_sdk waits out `429 Retry-After` this many times before the sink sees `ratelimited`."""
+
+
+class SlackApp(AsyncApp):
+    """A bolt `AsyncApp` with brandbot's listeners, plus the desk that answers and its background work."""
+
+    desk: SlackDesk
+    web_session: aiohttp.ClientSession | None = None
+
+    async def start_background(self) -> None:
+        """Share one connection pool among Web API calls; renew leases and resume unfinished answers."""
+        if self.client.session is None:
+            # slack_sdk otherwise opens a connection (and a TLS handshake with Slack) per call.
+            self.web_session = aiohttp.ClientSession()
+            self.client.session = self.web_session
+        self.desk.start_housekeeping()
+
+    async def shutdown(self) -> None:
+        await self.desk.shutdown()
+        if self.web_session is not None:
+            self.client.session = None
+            await self.web_session.close()
+            self.web_session = None
+
+
+def no_access_rules() -> AccessRules:
+    return AccessRules()
+
+
+def build_slack_app(
+    *,
+    settings: Settings,
+    queue: RequestQueue,
+    prompts: LivePromptLibrary,
+    pacer: ChannelPacer | None = None,
+    access: Callable[[], AccessRules] = no_access_rules,
+    on_enqueued: EnqueueObserver | None = None,
+) -> SlackApp:
+    """The Slack app with every listener registered; the caller picks the transport.
+
+    ```python
+    app = build_slack_app(settings=settings, queue=queue, prompts=prompts, access=lambda: rules)
+    await app.start_background()
+    await AsyncSocketModeHandler(app, app_token).start_async()
+    ```
+    """
+    settings.require("slack_bot_token")
+    assert settings.slack_bot_token is not None
+    client = AsyncWebClient(
+        token=settings.slack_bot_token.get_secret_value(),
+        base_url=str(settings.slack_api_url),
+        retry_handlers=[
+            AsyncConnectionErrorRetryHandler(),
+            AsyncRateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES),
+            AsyncServerErrorRetryHandler(),
+        ],
+    )
+    secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
+    app = SlackApp(client=client, signing_secret=secret, request_verification_enabled=secret is not None)
+    app.desk = SlackDesk(
+        client=client,
+        settings=settings,
+        queue=queue,
+        prompts=prompts,
+        access=access,
+        pacer=pacer or ChannelPacer(settings.edit_interval_seconds),
+        on_enqueued=on_enqueued,
+    )
+    controls = Controls(
+        client=client,
+        queue=queue,
+        feedback=FeedbackStore(queue.redis, retention_seconds=settings.retention_seconds),
+        access=access,
+    )
+    _listen_for_questions(app, app.desk)
+    _listen_for_buttons(app, controls)
+    return app
+
+
+def _listen_for_questions(app: AsyncApp, desk: SlackDesk) -> None:
+    @app.event("app_mention")
+    async def on_mention(event: dict[str, Any], body: dict[str, Any], context: Any) -> None:
+        received_at = time.perf_counter()
+        desk.bot_user_id = context.bot_user_id
+        question = from_mention(event, body, context.bot_user_id)
+        if question is not None:
+            desk.receive(question, received_at=received_at)
+
+    @app.event("message")
+    async def on_message(event: dict[str, Any], body: dict[str, Any], context: Any) -> None:
+        received_at = time.perf_counter()
+        desk.bot_user_id = context.bot_user_id
+        question = from_message(event, body, context.bot_user_id)
+        if question is not None and (question.explicit or desk.followups_allowed()):
+            desk.receive(question, received_at=received_at)
+
+
+def _listen_for_buttons(app: AsyncApp, controls: Controls) -> None:
+    @app.action(STOP_ACTION)
+    async def on_stop(ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        await controls.stop(body, action)
+
+    @app.action(re.compile(f"^({FEEDBACK_GOOD_ACTION}|{FEEDBACK_BAD_ACTION})$"))
+    async def on_rating(ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        await controls.rate(body, action)
+
+    @app.event("assistant_thread_started")
+    async def on_assistant_thread(event: dict[str, Any]) -> None:
+        await controls.welcome(event)
+
+    @app.event("assistant_thread_context_changed")
+    async def on_assistant_context(event: dict[str, Any]) -> None:
+        """The user looks at another channel; answers do not depend on it."""
+
+
+async def run_slack(settings: Settings) -> None:
+    """`brandbot slack`: serve Slack (Socket Mode or HTTP, per settings) until interrupted."""
+    settings.require("slack_bot_token")
+    http = settings.slack_mode == SlackMode.HTTP
+    settings.require("slack_signing_secret" if http else "slack_app_token")
+    queue = RequestQueue(
+        redis_url=settings.redis_url,
+        retention_seconds=settings.retention_seconds,
+        deadline_seconds=settings.generation_deadline_seconds,
+    )
+    prompts = LivePromptLibrary(settings.prompts_dir)
+    prompts.start_watching()
+    # Read on every question, so an edit to routing.yaml's `slack.access` applies without a restart.
+    app = build_slack_app(
+        settings=settings, queue=queue, prompts=prompts, access=lambda: prompts.current().routing.slack.access
+    )
+    log.info("slack front-end starting", mode=str(settings.slack_mode), api=str(settings.slack_api_url))
+    await app.start_background()
+    try:
+        with _stop_on_sigterm():
+            await _serve(app, settings)
+    finally:
+        await app.shutdown()
+        prompts.stop_watching()
+        await queue.close()
+        log.info("slack front-end stopped")
+
+
+async def _serve(app: SlackApp, settings: Settings) -> None:
+    """Take events until cancelled, over the configured transport."""
+    if settings.slack_mode == SlackMode.HTTP:
+        runner = await serve_http(
+            app, host=settings.slack_http_host, port=settings.slack_http_port, path=settings.slack_http_path
+        )
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+        return
+    assert settings.slack_app_token is not None
+    handler = AsyncSocketModeHandler(app, settings.slack_app_token.get_secret_value())
+    try:
+        await handler.start_async()
+    finally:
+        await handler.close_async()
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM (docker stop, Kubernetes) ends like Ctrl-C: leases released, so a successor resumes at once."""
+    task, loop = asyncio.current_task(), asyncio.get_running_loop()
+    if task is None:
+        yield
+        return
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)

@@ -1,0 +1,132 @@
+"""Which Slack events are questions for the bot, and what each question is — no network, no Redis.
+
+Questions come from a mention in a channel (`app_mention`), any message in a DM with the app
+(`message.im`, also Slack's AI-assistant threads), and — where enabled — a reply in a thread the bot
+already answers in, without a new mention. Never a question: edits and other message subtypes, anything
+from a bot (the bot's own messages included), and a message that is only `@here`/`@channel` or is
+addressed to someone else.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from bots.access import Asker
+
+ANSWERABLE_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
+"""Subtypes of what a person writes; everything else (edits, joins, bot posts, deletions) is no question."""
+
+USER_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
+CROWD_MENTION = re.compile(r"<!(?:here|channel|everyone)(?:\|[^>]*)?>|<!subteam\^[A-Z0-9]+(?:\|[^>]*)?>")
+PLAIN_CROWD = re.compile(r"(?<!\w)@(?:here|channel|everyone)\b", re.IGNORECASE)
+
+
+class Trigger(StrEnum):
+    MENTION = "mention"
+    DIRECT_MESSAGE = "direct_message"
+    THREAD_FOLLOWUP = "thread_followup"
+
+
+@dataclass(frozen=True)
+class SlackQuestion:
+    """One question as the front-end needs it; `text` is Slack's raw markup (mentions still as ids)."""
+
+    trigger: Trigger
+    team_id: str | None
+    channel_id: str
+    user_id: str
+    ts: str  # the question's own message
+    thread_ts: str  # where the answer goes
+    text: str
+    dedup_ids: tuple[str, ...]  # every id a retry, replay or twin event of this message carries
+
+    @property
+    def is_direct_message(self) -> bool:
+        return self.trigger is Trigger.DIRECT_MESSAGE
+
+    @property
+    def explicit(self) -> bool:
+        """Addressed to the bot on purpose: refusals are explained (a thread reply may not be for us)."""
+        return self.trigger is not Trigger.THREAD_FOLLOWUP
+
+    @property
+    def in_existing_thread(self) -> bool:
+        return self.thread_ts != self.ts
+
+    @property
+    def asker(self) -> Asker:
+        return Asker(
+            user_id=self.user_id, channel_id=self.channel_id, is_direct_message=self.is_direct_message
+        )
+
+
+def addressed_text(text: str, bot_user_id: str | None) -> str:
+    """The text without the bot's mention and without crowd mentions (they address people, not us)."""
+    text = USER_MENTION.sub(lambda m: "" if m.group(1) == bot_user_id else m.group(0), text)
+    return PLAIN_CROWD.sub("", CROWD_MENTION.sub("", text)).strip()
+
+
+def from_mention(
+    event: dict[str, Any], body: dict[str, Any], bot_user_id: str | None
+) -> SlackQuestion | None:
+    """An `app_mention`: a question (maybe empty: the caller answers with a hint) or None."""
+    if not _written_by_a_person(event, bot_user_id):
+        return None
+    return _question(Trigger.MENTION, event, body, event.get("thread_ts") or event["ts"])
+
+
+def from_message(
+    event: dict[str, Any], body: dict[str, Any], bot_user_id: str | None
+) -> SlackQuestion | None:
+    """A `message` event: a DM, or a reply in a thread (the caller checks the bot is part of it)."""
+    if not _written_by_a_person(event, bot_user_id) or not addressed_text(event.get("text", ""), bot_user_id):
+        return None
+    if event.get("channel_type") == "im":
+        # DMs are answered in a thread of their own, so a conversation's context is its thread.
+        return _question(Trigger.DIRECT_MESSAGE, event, body, event.get("thread_ts") or event["ts"])
+    thread_ts = event.get("thread_ts")
+    if not thread_ts or thread_ts == event["ts"]:
+        return None
+    if _mentions_anyone(event.get("text", "")):
+        return None  # the bot's mention arrives as app_mention too; others' mentions are for them
+    return _question(Trigger.THREAD_FOLLOWUP, event, body, thread_ts)
+
+
+def _written_by_a_person(event: dict[str, Any], bot_user_id: str | None) -> bool:
+    user = event.get("user")
+    return bool(
+        user
+        and user != bot_user_id
+        and not event.get("bot_id")
+        and not event.get("edited")
+        and not event.get("hidden")
+        and event.get("subtype") in ANSWERABLE_SUBTYPES
+        and event.get("channel")
+        and event.get("ts")
+    )
+
+
+def _mentions_anyone(text: str) -> bool:
+    return bool(USER_MENTION.search(text) or CROWD_MENTION.search(text) or PLAIN_CROWD.search(text))
+
+
+def _question(trigger: Trigger, event: dict[str, Any], body: dict[str, Any], thread_ts: str) -> SlackQuestion:
+    channel, ts = str(event["channel"]), str(event["ts"])
+    dedup = [f"msg:{channel}:{ts}"]
+    if body.get("event_id"):
+        dedup.append(f"event:{body['event_id']}")
+    if event.get("client_msg_id"):
+        dedup.append(f"client:{event['client_msg_id']}")
+    return SlackQuestion(
+        trigger=trigger,
+        team_id=body.get("team_id") or event.get("team"),
+        channel_id=channel,
+        user_id=str(event["user"]),
+        ts=ts,
+        thread_ts=str(thread_ts),
+        text=str(event.get("text", "")),
+        dedup_ids=tuple(dedup),
+    )
