@@ -9,16 +9,28 @@ resumes at once. Both platforms use this one book.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import redis
 import redis.asyncio
 
 from bots.inflight import InflightRequests
 from brandbot import keys
+from brandbot.errors import QueueUnavailable
+from brandbot.logs import get_logger
 
 LEASE_SECONDS = 20
 """A relaying process renews its leases well within this; a crashed one's answers resume after it."""
+
+HOUSEKEEPING_SECONDS = LEASE_SECONDS / 4
+"""How often leases are renewed and answers of stopped processes are looked for."""
+
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, QueueUnavailable)
+
+log = get_logger(__name__)
 
 # Renew or release a lease only while this process still holds it.
 _RENEW = """
@@ -70,6 +82,16 @@ class RelayBook:
             await self._renew(
                 keys=[keys.relay_lease(self._platform, request_id)], args=[self._owner, LEASE_SECONDS]
             )
+
+    async def keep_relaying(self, resume_orphans: Callable[[], Awaitable[object]]) -> None:
+        """Forever: keep this process's leases and take over the answers of processes that stopped."""
+        while True:
+            try:
+                await self.renew()
+                await resume_orphans()
+            except REDIS_ERRORS:
+                log.warning("redis unreachable, in-flight answers not checked")
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
 
     async def orphans(self) -> list[tuple[str, dict[str, Any]]]:
         """Records no live process is relaying, each now claimed by this one."""

@@ -21,6 +21,27 @@ RATE_LIMITED = "You're asking faster than I can keep up. Please wait {seconds} s
 NOT_ALLOWED = "Sorry, I'm not allowed to answer here."
 
 
+# What the bot says while it works or cannot answer: never part of a conversation's context.
+BOT_NOTICES = frozenset(
+    {
+        THINKING,
+        RESTARTING,
+        EMPTY_MENTION,
+        QUEUE_UNREACHABLE,
+        NO_WORKER,
+        GENERATION_FAILED,
+        BAD_REQUEST,
+        PERSONA_UNAVAILABLE,
+        NOT_ALLOWED,
+    }
+)
+
+
+def is_bot_notice(text: str) -> bool:
+    """A status or error line of the bot's (the queue position too), as opposed to an answer."""
+    return text in BOT_NOTICES or text.startswith(THINKING)
+
+
 def queue_position(ahead: int) -> str:
     if ahead <= 0:
         return THINKING

@@ -33,21 +33,6 @@ ANSWERABLE_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 
 MENTION = re.compile(r"<@!?(?P<user>\d+)>|<@&(?P<role>\d+)>|<#(?P<channel>\d+)>")
 
-# What the bot says while it works or when it cannot answer: not part of any conversation.
-BOT_NOTICES = frozenset(
-    {
-        messages.THINKING,
-        messages.RESTARTING,
-        messages.EMPTY_MENTION,
-        messages.QUEUE_UNREACHABLE,
-        messages.NO_WORKER,
-        messages.GENERATION_FAILED,
-        messages.BAD_REQUEST,
-        messages.PERSONA_UNAVAILABLE,
-        messages.NOT_ALLOWED,
-    }
-)
-
 
 @dataclass(frozen=True)
 class Question:
@@ -210,7 +195,7 @@ def to_turns(earlier: list[discord.Message], bot_user_id: int) -> list[Turn]:
 
 
 def is_notice(text: str) -> bool:
-    return text in BOT_NOTICES or text.startswith(messages.THINKING)
+    return messages.is_bot_notice(text)
 
 
 def merge_answer_parts(turns: list[Turn]) -> list[Turn]:

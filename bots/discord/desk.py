@@ -32,7 +32,7 @@ from bots.discord.sinks import (
     Sink,
 )
 from bots.relay import ChannelPacer, StreamingEditor, relay_reply
-from bots.relay_book import LEASE_SECONDS, RelayBook
+from bots.relay_book import RelayBook
 from brandbot import keys, messages
 from brandbot.contract import GenerationRequest, Platform, ReplyTarget, Role, Turn, UserRef
 from brandbot.errors import QueueUnavailable
@@ -46,9 +46,6 @@ log = get_logger(__name__)
 
 DEDUP_SECONDS = 3600
 """A message or interaction id is remembered this long: replays after reconnects come much sooner."""
-
-HOUSEKEEPING_SECONDS = LEASE_SECONDS / 4
-"""How often leases are renewed and answers of stopped processes are looked for."""
 
 SHUTDOWN_SECONDS = 5.0
 """At stop, answers in flight get this long to wind down, and leases this long to be released."""
@@ -293,17 +290,8 @@ class AnswerDesk:
     # ------------------------------------------------------------------ resuming and shutdown
     def start_housekeeping(self) -> None:
         if self._housekeeping is None:
-            self._housekeeping = asyncio.create_task(self._keep_house())
+            self._housekeeping = asyncio.create_task(self.book.keep_relaying(self.resume_orphans))
             self._housekeeping.add_done_callback(_report_crash)
-
-    async def _keep_house(self) -> None:
-        while True:
-            try:
-                await self.book.renew()
-                await self.resume_orphans()
-            except REDIS_ERRORS:
-                log.warning("redis unreachable, in-flight answers not checked")
-            await asyncio.sleep(HOUSEKEEPING_SECONDS)
 
     async def resume_orphans(self) -> int:
         """Finish answers whose relaying process stopped (this one before a restart, or another replica)."""

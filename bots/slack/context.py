@@ -50,21 +50,6 @@ SPECIAL_MENTION = re.compile(r"<!(here|channel|everyone)(?:\|[^>]*)?>|<!subteam\
 LINK = re.compile(r"<((?:https?|mailto):[^|>]+)(?:\|([^>]*))?>")
 DATE = re.compile(r"<!date\^[^|>]*\|([^>]*)>")
 
-# What the bot says while it works or when it cannot answer: not part of any conversation.
-BOT_NOTICES = frozenset(
-    {
-        messages.THINKING,
-        messages.RESTARTING,
-        messages.EMPTY_MENTION,
-        messages.QUEUE_UNREACHABLE,
-        messages.NO_WORKER,
-        messages.GENERATION_FAILED,
-        messages.BAD_REQUEST,
-        messages.PERSONA_UNAVAILABLE,
-        messages.NOT_ALLOWED,
-    }
-)
-
 
 class PeopleDirectory:
     """Display names (`users.info`) and channel names (`conversations.info`), cached and de-duplicated:
@@ -274,7 +259,7 @@ def _author(message: dict[str, Any], names: dict[str, str]) -> str:
 
 
 def _is_notice(text: str) -> bool:
-    return text in BOT_NOTICES or text.startswith(messages.THINKING)
+    return messages.is_bot_notice(text)
 
 
 def _merge_answer_parts(turns: list[Turn]) -> list[Turn]:

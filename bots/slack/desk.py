@@ -22,7 +22,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.access import AccessRules, RateLimiter, Refusal, check_access
 from bots.relay import ChannelPacer, relay_reply
-from bots.relay_book import LEASE_SECONDS, RelayBook
+from bots.relay_book import RelayBook
 from bots.slack.context import PeopleDirectory, conversation_request
 from bots.slack.controls import assistant_thread_key
 from bots.slack.events import SlackQuestion, Trigger, addressed_text
@@ -50,9 +50,6 @@ log = get_logger(__name__)
 
 DEDUP_SECONDS = 3600
 """An event or message id is remembered this long: Slack retries for minutes and replays after reconnects."""
-
-HOUSEKEEPING_SECONDS = LEASE_SECONDS / 4
-"""How often leases are renewed and answers of stopped processes are looked for."""
 
 MAX_CONCURRENT_INTAKE = 24
 MAX_CONCURRENT_RELAYS = 48
@@ -380,16 +377,7 @@ class SlackDesk:
     # ------------------------------------------------------------------ resuming and shutdown
     def start_housekeeping(self) -> None:
         if self._housekeeping is None:
-            self._housekeeping = asyncio.create_task(self._keep_house())
-
-    async def _keep_house(self) -> None:
-        while True:
-            try:
-                await self.book.renew()
-                await self.resume_orphans()
-            except REDIS_ERRORS:
-                log.warning("redis unreachable, in-flight answers not checked")
-            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            self._housekeeping = asyncio.create_task(self.book.keep_relaying(self.resume_orphans))
 
     async def resume_orphans(self) -> int:
         """Finish answers whose relaying process stopped (this one before a restart, or another replica)."""
