@@ -113,7 +113,8 @@ async def test_answer_deleted_while_streaming_stops_its_generation(
         slack.fail_next("chat.appendStream", "message_not_found", times=50)  # a moderator deleted it
         [request] = queued_requests(redis_client)
         await slack.wait_until(lambda: bool(redis_client.exists(keys.cancel_flag(request.request_id))))
-        writes = ("chat.postMessage", "chat.update", "chat.startStream", "chat.stopStream")
+        # Tidying the placeholder (dropping its Stop button) may race the flag; a new message may not.
+        writes = ("chat.postMessage", "chat.startStream")
 
         def written() -> int:
             return sum(len(slack.calls_to(method)) for method in writes)
@@ -122,6 +123,6 @@ async def test_answer_deleted_while_streaming_stops_its_generation(
         written_then = written()
         await slack.wait_until(lambda: done_of(redis_client, request.request_id) is not None, timeout=20)
 
-    assert written() == written_then  # no new message and no edit after that
+    assert written() == written_then  # no new message after that
     # What could be cleaned up was: no Stop button is left on a placeholder for an answer that is gone.
     assert all(STOP_ACTION not in buttons(m) for m in bot.bot_messages("C1", question.ts))
