@@ -147,11 +147,7 @@ async def _front_end_under_load(
             "slack_api_url": AnyHttpUrl(emulator["api_url"]),
         }
     )
-    queue = RequestQueue(
-        redis_url=settings.redis_url,
-        retention_seconds=settings.retention_seconds,
-        deadline_seconds=settings.generation_deadline_seconds,
-    )
+    queue = RequestQueue.from_settings(settings)
     enqueue_seconds: list[float] = []
     app = build_slack_app(settings=settings, queue=queue, prompts=prompts, on_enqueued=enqueue_seconds.append)
     await app.start_background()

@@ -15,6 +15,7 @@ from rq.serializers import JSONSerializer
 from brandbot import keys
 from brandbot.contract import GenerationRequest, ReplyEvent, parse_reply_event
 from brandbot.errors import QueueUnavailable
+from brandbot.settings import Settings
 
 JOB_FUNCTION = "worker.job.generate_reply"
 """The RQ job every request runs; workers import it by this name."""
@@ -61,6 +62,14 @@ class RequestQueue:
             max_connections=ASYNC_POOL_CONNECTIONS,
             socket_connect_timeout=2,
             health_check_interval=15,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RequestQueue:
+        return cls(
+            redis_url=settings.redis_url,
+            retention_seconds=settings.retention_seconds,
+            deadline_seconds=settings.generation_deadline_seconds,
         )
 
     @property

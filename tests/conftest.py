@@ -216,11 +216,7 @@ async def slack_bot_running(emulator: SlackEmulator, base: Settings) -> AsyncIte
             "slack_api_url": AnyHttpUrl(emulator.api_url),
         }
     )
-    queue = RequestQueue(
-        redis_url=bot_settings.redis_url,
-        retention_seconds=bot_settings.retention_seconds,
-        deadline_seconds=bot_settings.generation_deadline_seconds,
-    )
+    queue = RequestQueue.from_settings(bot_settings)
     app = build_slack_app(
         settings=bot_settings, queue=queue, prompts=LivePromptLibrary(bot_settings.prompts_dir)
     )

@@ -196,11 +196,7 @@ async def discord_bot_running(
             "discord_gateway_url": emulator.gateway_url,
         }
     )
-    queue = RequestQueue(
-        redis_url=bot_settings.redis_url,
-        retention_seconds=bot_settings.retention_seconds,
-        deadline_seconds=bot_settings.generation_deadline_seconds,
-    )
+    queue = RequestQueue.from_settings(bot_settings)
     holder: list[RunningBot] = []
     bot = build_discord_bot(
         settings=bot_settings,

@@ -208,11 +208,7 @@ async def slack_running(
 ) -> AsyncIterator[RunningSlack]:
     """Start the front-end (Socket Mode, or HTTP when `slack_mode="http"`); shut it down cleanly after."""
     settings = front_end_settings(emulator, base, **overrides)
-    queue = RequestQueue(
-        redis_url=settings.redis_url,
-        retention_seconds=settings.retention_seconds,
-        deadline_seconds=settings.generation_deadline_seconds,
-    )
+    queue = RequestQueue.from_settings(settings)
     holder = [rules or AccessRules()]
     app = build_slack_app(
         settings=settings,

@@ -74,11 +74,7 @@ def wait_for_log(worker: WorkerProcess, text: str, *, count: int = 1) -> None:
 @pytest_asyncio.fixture
 async def queue(settings: Callable[..., Settings]) -> AsyncIterator[RequestQueue]:
     test_settings = settings()
-    request_queue = RequestQueue(
-        redis_url=test_settings.redis_url,
-        retention_seconds=test_settings.retention_seconds,
-        deadline_seconds=test_settings.generation_deadline_seconds,
-    )
+    request_queue = RequestQueue.from_settings(test_settings)
     yield request_queue
     await request_queue.close()
 

@@ -221,11 +221,7 @@ async def run_discord(settings: Settings) -> None:
     """`brandbot discord`: serve Discord until interrupted."""
     settings.require("discord_token")
     assert settings.discord_token is not None
-    queue = RequestQueue(
-        redis_url=settings.redis_url,
-        retention_seconds=settings.retention_seconds,
-        deadline_seconds=settings.generation_deadline_seconds,
-    )
+    queue = RequestQueue.from_settings(settings)
     prompts = LivePromptLibrary(settings.prompts_dir)
     prompts.start_watching()
     # Read on every request, so an edit to routing.yaml's `discord.access` applies without a restart.

@@ -14,6 +14,7 @@ import discord
 
 from bots.access import Asker
 from bots.relay import STREAMING_CURSOR
+from bots.turns import merge_answer_parts
 from brandbot import messages
 from brandbot.contract import Role, Turn
 from brandbot.logs import get_logger
@@ -180,7 +181,7 @@ def to_turns(earlier: list[discord.Message], bot_user_id: int) -> list[Turn]:
         text = readable_text(message, bot_user_id)
         if ours:
             text = text.removesuffix(STREAMING_CURSOR.strip()).strip()
-        if not text or (ours and is_notice(text)):
+        if not text or (ours and messages.is_bot_notice(text)):
             continue
         text = text[:MAX_TURN_CHARS]
         if len(text) > budget:
@@ -192,18 +193,3 @@ def to_turns(earlier: list[discord.Message], bot_user_id: int) -> list[Turn]:
             turns.append(Turn(role=Role.USER, content=text, name=message.author.display_name))
     turns.reverse()
     return merge_answer_parts(turns)
-
-
-def is_notice(text: str) -> bool:
-    return messages.is_bot_notice(text)
-
-
-def merge_answer_parts(turns: list[Turn]) -> list[Turn]:
-    """A long answer spans several messages: consecutive assistant turns are one answer."""
-    merged: list[Turn] = []
-    for turn in turns:
-        if merged and turn.role is Role.ASSISTANT and merged[-1].role is Role.ASSISTANT:
-            merged[-1] = Turn(role=Role.ASSISTANT, content=merged[-1].content + "\n" + turn.content)
-        else:
-            merged.append(turn)
-    return merged

@@ -162,11 +162,7 @@ async def run_slack(settings: Settings) -> None:
     settings.require("slack_bot_token")
     http = settings.slack_mode == SlackMode.HTTP
     settings.require("slack_signing_secret" if http else "slack_app_token")
-    queue = RequestQueue(
-        redis_url=settings.redis_url,
-        retention_seconds=settings.retention_seconds,
-        deadline_seconds=settings.generation_deadline_seconds,
-    )
+    queue = RequestQueue.from_settings(settings)
     prompts = LivePromptLibrary(settings.prompts_dir)
     prompts.start_watching()
     # Read on every question, so an edit to routing.yaml's `slack.access` applies without a restart.

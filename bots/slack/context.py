@@ -22,6 +22,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bots.relay import STREAMING_CURSOR
 from bots.slack.events import SlackQuestion
 from bots.slack.sink import SLACK_UNREACHABLE
+from bots.turns import merge_answer_parts
 from brandbot import messages
 from brandbot.contract import GenerationRequest, Platform, ReplyTarget, Role, Turn, UserRef
 from brandbot.logs import get_logger
@@ -227,7 +228,7 @@ def to_turns(history: list[dict[str, Any]], names: dict[str, str], bot_user_id: 
         text = _our_text(message) if ours else readable_text(message.get("text", ""), names, bot_user_id)
         if (
             not text
-            or (ours and _is_notice(text))
+            or (ours and messages.is_bot_notice(text))
             or message.get("subtype") not in (None, "thread_broadcast")
         ):
             continue
@@ -240,7 +241,7 @@ def to_turns(history: list[dict[str, Any]], names: dict[str, str], bot_user_id: 
         else:
             turns.append(Turn(role=Role.USER, content=text, name=_author(message, names) or None))
     turns.reverse()
-    return _merge_answer_parts(turns)
+    return merge_answer_parts(turns)
 
 
 def _our_text(message: dict[str, Any]) -> str:
@@ -256,20 +257,6 @@ def _author(message: dict[str, Any], names: dict[str, str]) -> str:
         profile = message.get("bot_profile") or {}
         return str(profile.get("name") or message.get("username") or "a bot")
     return names.get(str(message.get("user")), "")
-
-
-def _is_notice(text: str) -> bool:
-    return messages.is_bot_notice(text)
-
-
-def _merge_answer_parts(turns: list[Turn]) -> list[Turn]:
-    merged: list[Turn] = []
-    for turn in turns:
-        if merged and turn.role is Role.ASSISTANT and merged[-1].role is Role.ASSISTANT:
-            merged[-1] = Turn(role=Role.ASSISTANT, content=merged[-1].content + "\n" + turn.content)
-        else:
-            merged.append(turn)
-    return merged
 
 
 def _ts_key(ts: str) -> tuple[int, int]:

@@ -282,11 +282,7 @@ def chat(
         with contextlib.suppress(ImportError):
             import readline  # noqa: F401 - imported for its effect: line editing and history in input()
     login = getpass.getuser()
-    queue = RequestQueue(
-        redis_url=settings.redis_url,
-        retention_seconds=settings.retention_seconds,
-        deadline_seconds=settings.generation_deadline_seconds,
-    )
+    queue = RequestQueue.from_settings(settings)
     session = ChatSession(
         queue=queue,
         prompts=prompts,
