@@ -196,3 +196,10 @@ def test_every_sampler_setting_is_honoured_without_error(engine: Engine, prompt:
     texts = ["".join(collect(first)), "".join(collect(second))]
     assert first.result is not None and first.result.completion_tokens > 0
     assert texts[0] == texts[1], "the same seed must give the same answer"
+
+
+async def test_deltas_can_be_read_from_a_coroutine_too(engine: Engine, prompt: str) -> None:
+    stream = engine.submit(prompt, GREEDY, deadline_seconds=60)
+    deltas = [delta async for delta in stream]
+    assert stream.result is not None
+    assert "".join(deltas) == stream.result.text and deltas
