@@ -81,6 +81,11 @@ class GenerationRequest(_Model):
     persona: str
     turns: list[Turn] = Field(min_length=1)
     limits: Limits = Limits()
+    keep_for_rating: bool = Field(
+        False,
+        description="Keep a copy of the answered conversation for the retention period so people can rate it "
+        "(only where the chat offers 👍/👎 and the admin left feedback on); otherwise nothing is kept.",
+    )
 
 
 class Usage(_Model):

@@ -256,3 +256,16 @@ def test_metrics_and_status_show_the_live_worker(
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         return str(response.read().decode())
+
+
+def test_answers_nobody_can_rate_leave_no_copy_of_the_conversation(
+    worker_process: WorkerProcess, redis_client: redis.Redis, settings: Callable[..., Settings]
+) -> None:
+    unrated = a_request("a question asked where nobody can rate")
+    rated = a_request("a question asked where people rate").model_copy(update={"keep_for_rating": True})
+    enqueue(settings(), unrated, rated)
+    wait_for(lambda: bool(dones(redis_client, unrated.request_id)), 30, "the unrated answer")
+    wait_for(lambda: bool(dones(redis_client, rated.request_id)), 30, "the rated answer")
+    assert redis_client.exists(keys.feedback(unrated.request_id)) == 0
+    assert redis_client.exists(keys.feedback(rated.request_id)) == 1
+    assert 0 < redis_client.ttl(keys.feedback(rated.request_id)) <= settings().retention_seconds

@@ -167,8 +167,11 @@ class ReplyService:
     def _record_for_feedback(
         self, request: GenerationRequest, persona: Persona, answer: str, bound: Any
     ) -> None:
-        """Keep the answer (for the retention period) so a 👍/👎 can be attached and exported later."""
-        if self.feedback is None:
+        """Keep the answer (for the retention period) so a 👍/👎 can be attached and exported later.
+
+        Only when the front-end asked for it: a copy of a conversation nobody can rate is kept for nothing.
+        """
+        if self.feedback is None or not request.keep_for_rating:
             return
         try:
             self.feedback.record_answer(
