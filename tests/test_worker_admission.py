@@ -29,6 +29,7 @@ from brandbot.settings import Settings
 from tests.conftest import WorkerProcess
 from tests.forged_hooks import HOOK_RAN_KEY
 from tests.test_worker_process import a_request, enqueue, wait_for
+from worker.admission import refusal
 
 HOOK = "tests.forged_hooks.leave_mark"
 TERMINAL = {b"failed", b"finished", b"stopped", b"canceled"}
@@ -222,3 +223,38 @@ def test_unreadable_job_records_do_not_stop_the_job_slots(
     answers_next_question(redis_client, settings())
     for job_id in unreadable:
         assert status_of(redis_client, job_id) == b"failed", job_id
+
+
+def raw_hash_of(client: redis.Redis, **fields: str | bytes) -> dict[str, bytes]:
+    """A job hash as the front-end's queue writes it (never pushed), with `fields` overwritten."""
+    job = model_queue(client).create_job(JOB_FUNCTION, args=(a_request("hi").model_dump(mode="json"),))
+    job.save()
+    if fields:
+        client.hset(job.key, mapping=fields)
+    return {key.decode(): value for key, value in client.hgetall(job.key).items()}
+
+
+@pytest.mark.parametrize(
+    ("fields", "refused"),
+    [
+        ({}, False),
+        ({"webhooks": "[]", "success_callback_name": ""}, False),  # RQ's own "none" values
+        ({"success_callback_name": HOOK}, True),
+        ({"failure_callback_name": HOOK}, True),
+        ({"stopped_callback_name": HOOK}, True),
+        ({"webhooks": json.dumps([{"url": "http://x/", "job_status": "failed"}])}, True),
+        ({"dependency_id": "other"}, True),
+        ({"dependency_ids": '["other"]'}, True),
+        ({"data": zlib.compress(json.dumps(["os.system", None, ["id"], {}]).encode())}, True),
+        ({"data": json.dumps([JOB_FUNCTION, None, [{}], {}]).encode()}, False),  # uncompressed is RQ's too
+        ({"data": json.dumps([JOB_FUNCTION, None, ["text"], {}]).encode()}, True),
+        ({"data": json.dumps([JOB_FUNCTION, None, [{}, {}], {}]).encode()}, True),
+        ({"data": b""}, True),
+    ],
+)
+def test_refusal_reads_the_raw_hash(
+    redis_client: redis.Redis, fields: dict[str, str | bytes], refused: bool
+) -> None:
+    reason = refusal(raw_hash_of(redis_client, **fields))
+    assert (reason is not None) == refused
+    assert reason is None or (HOOK not in reason and "os.system" not in reason)  # field names only
