@@ -250,6 +250,7 @@ def raw_hash_of(client: redis.Redis, **fields: str | bytes) -> dict[str, bytes]:
         ({"data": json.dumps([JOB_FUNCTION, None, ["text"], {}]).encode()}, True),
         ({"data": json.dumps([JOB_FUNCTION, None, [{}, {}], {}]).encode()}, True),
         ({"data": b""}, True),
+        ({"data": b"[" * 100_000}, True),  # deeper than json's recursion limit
     ],
 )
 def test_refusal_reads_the_raw_hash(

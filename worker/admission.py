@@ -57,7 +57,7 @@ def refusal(raw: Mapping[str, bytes]) -> str | None:
         data = zlib.decompress(data)
     try:
         call = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         return "the job's data is not JSON"
     if not (isinstance(call, list) and len(call) == 4):
         return "the job's data is not a function call"
