@@ -145,6 +145,10 @@ class Settings(BaseSettings):
     discord_sync_commands: bool = Field(
         True, description="Register (sync) the slash commands with Discord at start."
     )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address the worker's Prometheus metrics listen on; `0.0.0.0` opens them to the network.",
+    )
 
     def require(self, *names: str) -> None:
         """Stop with a clear message if a setting this command needs is unset."""

@@ -1,8 +1,14 @@
-"""`brandbot status`: what an operator checks first — are workers alive, are queues moving."""
+"""`brandbot status`: what an operator checks first — are workers alive, are queues moving.
+
+Read-only by construction: it counts raw keys (SMEMBERS, HGETALL, LLEN, ZCOUNT, ZCARD) and never reads a
+job. RQ's own counters would not do: `registry.count` first cleans the registry up (moving jobs, running
+their failure callbacks), and fetching a job deserialises whatever the hash holds.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import redis
@@ -23,17 +29,21 @@ def collect_status(connection: redis.Redis) -> tuple[list[dict[str, str]], list[
         record: Any = connection.hgetall(keys.worker_heartbeat(name))
         if record:
             workers.append({"name": name, **{keys.as_text(k): keys.as_text(v) for k, v in record.items()}})
-    names = {q.name for q in Queue.all(connection=connection) if q.name.startswith(keys.model_queue(""))}
-    names |= {keys.model_queue(w["model"]) for w in workers if "model" in w}  # served, even if never used
+    queue_keys: Any = connection.smembers(Queue.redis_queues_keys)
+    prefix = Queue.redis_queue_namespace_prefix
+    queue_names = {keys.as_text(key).removeprefix(prefix) for key in queue_keys}
+    queue_names = {name for name in queue_names if name.startswith(keys.model_queue(""))}
+    queue_names |= {keys.model_queue(w["model"]) for w in workers if "model" in w}  # served, even if unused
+    started, failed = StartedJobRegistry.key_template, FailedJobRegistry.key_template
     queues = []
-    for name in sorted(names):
-        queue = Queue(name, connection=connection)
+    for name in sorted(queue_names):
         queues.append(
             {
-                "queue": queue.name,
-                "waiting": str(queue.count),
-                "running": str(StartedJobRegistry(queue=queue).count),
-                "failed": str(FailedJobRegistry(queue=queue).count),
+                "queue": name,
+                "waiting": str(connection.llen(prefix + name)),
+                # Entries whose heartbeat expired belong to dead workers; recovery retires them.
+                "running": str(connection.zcount(started.format(name), time.time(), "+inf")),
+                "failed": str(connection.zcard(failed.format(name))),
             }
         )
     return workers, queues

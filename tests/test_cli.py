@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import redis
+from rq import Queue
+from rq.serializers import JSONSerializer
 from typer.testing import CliRunner
 
 from brandbot.cli import app
@@ -106,3 +110,45 @@ def test_status_prints_workers_and_queues(worker_process: object) -> None:
     result = run_cli("status", BRANDBOT_REDIS_URL=TEST_REDIS_URL)
     assert result.returncode == 0, result.stderr
     assert "transformers" in result.stdout and "brandbot:model:default" in result.stdout
+
+
+class UnpickleMarker:
+    """Unpickling this creates a marker file: what a forged pickle in a job hash would do to `status`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {self.marker}",)
+
+
+def keyspace(client: redis.Redis) -> dict[bytes, tuple[bytes | None, bool]]:
+    """Every key's serialized value and whether it expires (the exact TTL ticks down by itself)."""
+    return {key: (client.dump(key), client.pttl(key) > 0) for key in client.scan_iter()}
+
+
+def test_status_reads_without_unpickling_or_changing_anything(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    marker = tmp_path / "unpickled"
+    poison = pickle.dumps(UnpickleMarker(marker))
+    queue = Queue("brandbot:model:default", connection=redis_client, serializer=JSONSerializer)
+    for job_id in ("waiting-1", "waiting-2"):
+        queue.enqueue("worker.job.generate_reply", {}, job_id=job_id)
+    # An abandoned "running" job (its heartbeat long expired) and a failed one, both carrying pickles:
+    # RQ's registry counts clean up (fetch, unpickle, run callbacks, move) before they count.
+    for job_id in ("abandoned", "failed"):
+        job = queue.create_job("worker.job.generate_reply", args=({},), job_id=job_id)
+        job.save()
+        redis_client.hset(job.key, mapping={"status": "started", "meta": poison, "result": poison})
+    redis_client.zadd(queue.started_job_registry.key, {"abandoned:execution": 1})
+    redis_client.zadd(queue.failed_job_registry.key, {"failed": 4_000_000_000})
+    before = keyspace(redis_client)
+
+    result = run_cli("status", BRANDBOT_REDIS_URL=TEST_REDIS_URL)
+
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists(), "brandbot status unpickled a job hash"
+    assert keyspace(redis_client) == before, "brandbot status changed the keyspace"
+    [row] = [line for line in result.stdout.splitlines() if "brandbot:model:default" in line]
+    assert [cell.strip() for cell in row.split("│")[2:5]] == ["2", "0", "1"]  # waiting, running, failed

@@ -12,6 +12,7 @@ from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.settings import Settings
 from brandbot.templating import ChatTemplate
 from worker.engines import GpuOptions, load_engine
+from worker.environment import seal_process_environment
 from worker.job import current_service
 from worker.metrics import WorkerMetrics
 from worker.replies import ReplyPublisher
@@ -31,6 +32,7 @@ def gpu_options(settings: Settings) -> GpuOptions:
 
 
 def run_worker(settings: Settings) -> None:
+    seal_process_environment()  # may re-execute this process: first, before anything is loaded
     connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=15)
     connection.ping()
     prompts = LivePromptLibrary(settings.prompts_dir)
@@ -48,7 +50,7 @@ def run_worker(settings: Settings) -> None:
         raise EngineLoadError(str(error)) from None
     metrics = WorkerMetrics(model=settings.model_name, engine=engine.name)
     if settings.metrics_port:
-        metrics.serve(settings.metrics_port)
+        metrics.serve(settings.metrics_port, host=settings.metrics_host)
     service = ReplyService(
         engine=engine,
         template=template,

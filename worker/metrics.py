@@ -51,8 +51,8 @@ class WorkerMetrics:
         )
         self._model = model
 
-    def serve(self, port: int) -> None:
-        start_http_server(port, registry=self.registry)
+    def serve(self, port: int, *, host: str) -> None:
+        start_http_server(port, addr=host, registry=self.registry)
 
     def job_started(self) -> None:
         self.in_flight.inc()

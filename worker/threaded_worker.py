@@ -33,6 +33,7 @@ from rq.timeouts import TimerDeathPenalty
 
 from brandbot import keys
 from brandbot.logs import get_logger
+from worker.admission import AdmittedJob, fail_refused
 
 log = get_logger(__name__)
 
@@ -53,6 +54,7 @@ class SlotWorker(SimpleWorker):
     """A `SimpleWorker` that runs in a thread of `ThreadedWorker`."""
 
     death_penalty_class = TimerDeathPenalty
+    job_class = AdmittedJob  # only the reply job runs: see worker/admission.py
 
     def __init__(self, *args: Any, job_heartbeat_ttl: int = JOB_HEARTBEAT_TTL_SECONDS, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -85,6 +87,8 @@ class SlotWorker(SimpleWorker):
         return self.job_heartbeat_ttl
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        if fail_refused(job, queue):
+            return
         execution = self.prepare_execution(job)
         self.running = (job, execution)
         try:
@@ -128,7 +132,9 @@ class ThreadedWorker:
         maintenance_interval: float = MAINTENANCE_INTERVAL_SECONDS,
     ) -> None:
         self.connection = connection
-        self.queue = Queue(queue_name, connection=connection, serializer=JSONSerializer)
+        self.queue = Queue(
+            queue_name, connection=connection, serializer=JSONSerializer, job_class=AdmittedJob
+        )
         # A random part too: PIDs repeat, and RQ refuses a name a dead worker's record still holds.
         self.name = name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
         self._thread_setup = thread_setup
