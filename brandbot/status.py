@@ -12,6 +12,7 @@ from rq import Queue
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from brandbot import keys
+from brandbot.connections import sync_client
 from brandbot.errors import QueueUnavailable
 from brandbot.settings import Settings
 
@@ -40,7 +41,7 @@ def collect_status(connection: redis.Redis) -> tuple[list[dict[str, str]], list[
 
 
 def print_status(settings: Settings) -> None:
-    connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+    connection = sync_client(settings, socket_connect_timeout=3)
     try:
         workers, queues = collect_status(connection)
     except redis.ConnectionError as error:
