@@ -33,8 +33,10 @@ def collect_status(connection: redis.Redis) -> tuple[list[dict[str, str]], list[
             {
                 "queue": queue.name,
                 "waiting": str(queue.count),
-                "running": str(StartedJobRegistry(queue=queue).count),
-                "failed": str(FailedJobRegistry(queue=queue).count),
+                # Counted without RQ's cleanup, which writes and reads job hashes: status stays
+                # read-only and runs as the ACL's read-only `status` user.
+                "running": str(StartedJobRegistry(queue=queue).get_job_count(cleanup=False)),
+                "failed": str(FailedJobRegistry(queue=queue).get_job_count(cleanup=False)),
             }
         )
     return workers, queues
@@ -46,6 +48,8 @@ def print_status(settings: Settings) -> None:
         workers, queues = collect_status(connection)
     except redis.ConnectionError as error:
         raise QueueUnavailable(f"cannot reach Redis at BRANDBOT_REDIS_URL ({error})") from None
+    except redis.exceptions.NoPermissionError as error:
+        raise QueueUnavailable(f"BRANDBOT_REDIS_URL's user may not read the queues ({error})") from None
     # Piped output (scripts, CI logs) gets a wide table instead of wrapped cells.
     console = Console() if sys.stdout.isatty() else Console(width=200)
     table = Table(

@@ -265,3 +265,24 @@ def test_compose_runs_redis_locked_and_every_service_on_its_own_user() -> None:
             f"${{BRANDBOT_REDIS_{user.upper()}_PASSWORD:?"
             in redis_service["environment"][f"BRANDBOT_REDIS_{user.upper()}_PASSWORD"]
         )
+
+
+def test_brandbot_status_runs_as_the_read_only_status_user(locked_redis: LockedRedis, tmp_path: Path) -> None:
+    server = locked_redis
+    queue = "rq:queue:brandbot:model:default"
+    with server.client("admin") as admin:
+        admin.sadd("rq:queues", queue)
+        admin.rpush(queue, "waiting-1")
+        admin.zadd("rq:wip:brandbot:model:default", {"running-1": 1})  # a job whose heartbeat is stale
+        admin.hset("rq:job:running-1", "data", "a user's question")
+    result = subprocess.run(
+        [sys.executable, "-m", "brandbot.cli", "status"],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "BRANDBOT_REDIS_URL": server.url("status")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "brandbot:model:default" in result.stdout
+    assert server.acl_denials() == []
