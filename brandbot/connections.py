@@ -5,7 +5,10 @@
   `BRANDBOT_REDIS_TLS_*` settings.
 - With `BRANDBOT_REDIS_SENTINELS` set, the master is asked of the sentinels (and asked again after a
   failover); the URL then gives only user, password, database and scheme. A `rediss://` URL makes the
-  sentinel connections TLS too, with the same certificates.
+  sentinel connections TLS too, with the same certificates. A command that meets a dead master is
+  retried (reconnecting through the sentinels) for up to `BRANDBOT_REDIS_FAILOVER_WAIT_SECONDS`, so a
+  failover looks like a slow command to every caller rather than an outage. Without Sentinel there is
+  no other master to wait for, and a lost Redis is reported at once, as before.
 
 ```python
 client = sync_client(settings, socket_timeout=5)  # redis.Redis, for RQ and blocking work
@@ -15,18 +18,27 @@ aclient = async_client(settings, max_connections=64)  # redis.asyncio.Redis, for
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.connection
+import redis.asyncio.retry
 import redis.asyncio.sentinel
+import redis.connection
+import redis.retry
 import redis.sentinel
+from redis.backoff import ConstantBackoff
 from redis.connection import parse_url
 
 from brandbot.settings import Settings
 
 SENTINEL_TIMEOUT_SECONDS = 2.0
 """A sentinel that does not answer within this time is skipped for the next one."""
+
+FAILOVER_RETRY_INTERVAL_SECONDS = 0.5
+"""While a failover runs, a command is retried this often (each retry asks the sentinels again)."""
 
 WORKER_CONNECT_TIMEOUT_SECONDS = 5.0
 WORKER_HEALTH_CHECK_SECONDS = 15
@@ -41,7 +53,16 @@ def sync_client(settings: Settings, **options: Any) -> redis.Redis:
             sentinel_kwargs=_sentinel_options(settings),
             **_master_options(settings),
         )
-        return sentinel.master_for(settings.redis_sentinel_master, redis_class=redis.Redis, **options)
+        retry = redis.retry.Retry(
+            ConstantBackoff(FAILOVER_RETRY_INTERVAL_SECONDS), _failover_retries(settings)
+        )
+        return sentinel.master_for(
+            settings.redis_sentinel_master,
+            redis_class=redis.Redis,
+            connection_class=_SentinelSSLConnection if uses_tls(settings) else _SentinelConnection,
+            retry=retry,
+            **options,
+        )
     return redis.Redis.from_url(settings.redis_url, **_tls_options(settings), **options)
 
 
@@ -53,8 +74,49 @@ def async_client(settings: Settings, **options: Any) -> redis.asyncio.Redis:
             sentinel_kwargs=_sentinel_options(settings),
             **_master_options(settings),
         )
-        return sentinel.master_for(settings.redis_sentinel_master, redis_class=redis.asyncio.Redis, **options)
+        retry = redis.asyncio.retry.Retry(
+            ConstantBackoff(FAILOVER_RETRY_INTERVAL_SECONDS), _failover_retries(settings)
+        )
+        return sentinel.master_for(
+            settings.redis_sentinel_master,
+            redis_class=redis.asyncio.Redis,
+            connection_class=_AsyncSentinelSSLConnection if uses_tls(settings) else _AsyncSentinelConnection,
+            retry=retry,
+            **options,
+        )
     return redis.asyncio.Redis.from_url(settings.redis_url, **_tls_options(settings), **options)
+
+
+class _SentinelConnection(redis.sentinel.SentinelManagedConnection):
+    """Reconnects through the sentinels after a lost connection (redis-py 8.1 reconnects to the old master).
+
+    redis-py's Sentinel-managed connection asks the sentinels for the master only in `connect()`; a
+    connection that breaks mid-command is reopened by `send_packed_command` through
+    `connect_check_health()`, straight to the address it had: the dead master, until the retries run
+    out. Going through `connect()` there asks the sentinels again.
+    """
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self._sock:
+            self.connect()
+        super().send_packed_command(command, check_health)
+
+
+class _SentinelSSLConnection(_SentinelConnection, redis.connection.SSLConnection):
+    pass
+
+
+class _AsyncSentinelConnection(redis.asyncio.sentinel.SentinelManagedConnection):
+    """The asyncio twin of `_SentinelConnection`."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self.is_connected:
+            await self.connect()
+        await super().send_packed_command(command, check_health)
+
+
+class _AsyncSentinelSSLConnection(_AsyncSentinelConnection, redis.asyncio.connection.SSLConnection):
+    pass
 
 
 def worker_connection(settings: Settings) -> redis.Redis:
@@ -106,6 +168,10 @@ def _sentinel_options(settings: Settings) -> dict[str, Any]:
     if uses_tls(settings):
         options |= {"ssl": True, **_tls_options(settings)}
     return options
+
+
+def _failover_retries(settings: Settings) -> int:
+    return max(1, math.ceil(settings.redis_failover_wait_seconds / FAILOVER_RETRY_INTERVAL_SECONDS))
 
 
 def _sentinel_addresses(settings: Settings) -> list[tuple[str, int]]:

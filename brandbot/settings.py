@@ -176,6 +176,12 @@ class Settings(BaseSettings):
     redis_sentinel_password: SecretStr | None = Field(
         None, description="Password of the sentinels themselves (their `requirepass`), if they have one."
     )
+    redis_failover_wait_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="With Sentinel: how long a Redis command keeps retrying while a new master is elected "
+        "(above the sentinels' `down-after-milliseconds` plus a few seconds); then it fails as usual.",
+    )
 
     @field_validator("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
     @classmethod

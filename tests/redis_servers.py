@@ -12,11 +12,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
+from pydantic import SecretStr
 
 from brandbot.settings import Settings
 from tests.conftest import REPO, WorkerProcess, free_port, wait_for_worker, worker_env
@@ -189,3 +191,90 @@ def start_worker_on(
         handle.stop(signal.SIGKILL)
         raise
     return handle
+
+
+@dataclass
+class SentinelSet:
+    """A master and a replica (both on the shipped ACL) watched by one sentinel: quorum 1, quick failover."""
+
+    folder: Path
+    master_name: str = "brandbot"
+    passwords: dict[str, str] = field(default_factory=new_passwords)
+    sentinel_password: str = field(default_factory=lambda: secrets.token_hex(16))
+    sentinel_port: int = field(default_factory=free_port)
+    down_after_ms: int = 1000
+    servers: list[LockedRedis] = field(default_factory=list)
+    sentinel: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        master = LockedRedis(self.folder / "master", passwords=self.passwords)
+        master.start()
+        replica = LockedRedis(
+            self.folder / "replica",
+            passwords=self.passwords,
+            extra_args=(
+                "--replicaof", "127.0.0.1", str(master.port),
+                "--masteruser", "replica", "--masterauth", self.passwords["replica"],
+            ),
+        )  # fmt: skip
+        replica.start()
+        self.servers = [master, replica]
+        self._wait(lambda: replica.client("admin").info("replication")["master_link_status"] == "up")
+        config = self.folder / "sentinel.conf"
+        config.write_text(
+            f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self.folder}\n"
+            f"requirepass {self.sentinel_password}\n"
+            f"sentinel monitor {self.master_name} 127.0.0.1 {master.port} 1\n"
+            f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {self.master_name} 5000\n"
+            f"sentinel auth-user {self.master_name} sentinel\n"
+            f"sentinel auth-pass {self.master_name} {self.passwords['sentinel']}\n"
+        )
+        self.sentinel = subprocess.Popen(
+            ["redis-server", str(config), "--sentinel"],
+            stdout=(self.folder / "sentinel.log").open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        self._wait(lambda: len(self._ask_sentinel("SENTINEL", "REPLICAS", self.master_name)) == 1)
+
+    def _ask_sentinel(self, *command: str) -> Any:
+        with redis.Redis(port=self.sentinel_port, password=self.sentinel_password) as sentinel:
+            return sentinel.execute_command(*command)
+
+    def _wait(self, ready: Callable[[], bool], seconds: float = START_SECONDS) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                if ready():
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"sentinel set not ready:\n{(self.folder / 'sentinel.log').read_text()}")
+
+    def master_port(self) -> int:
+        _host, port = self._ask_sentinel("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+        return int(port)
+
+    def master(self) -> LockedRedis:
+        port = self.master_port()
+        return next(server for server in self.servers if server.port == port)
+
+    def settings_for(self, user: str) -> dict[str, Any]:
+        """Settings overrides that reach the master through the sentinel as `user` (the URL's host unused)."""
+        return {
+            "redis_url": f"redis://{user}:{self.passwords[user]}@master-from-sentinel:6379/0",
+            "redis_sentinels": [f"127.0.0.1:{self.sentinel_port}"],
+            "redis_sentinel_master": self.master_name,
+            "redis_sentinel_password": SecretStr(self.sentinel_password),
+        }
+
+    def wait_for_failover(self, old_port: int, seconds: float = 60.0) -> None:
+        self._wait(lambda: self.master_port() != old_port, seconds)
+
+    def stop(self) -> None:
+        if self.sentinel is not None and self.sentinel.poll() is None:
+            self.sentinel.terminate()
+            self.sentinel.wait(timeout=10)
+        for server in self.servers:
+            server.stop()
