@@ -6,9 +6,10 @@
 - With `BRANDBOT_REDIS_SENTINELS` set, the master is asked of the sentinels (and asked again after a
   failover); the URL then gives only user, password, database and scheme. A `rediss://` URL makes the
   sentinel connections TLS too, with the same certificates. A command that meets a dead master is
-  retried (reconnecting through the sentinels) for up to `BRANDBOT_REDIS_FAILOVER_WAIT_SECONDS`, so a
-  failover looks like a slow command to every caller rather than an outage. Without Sentinel there is
-  no other master to wait for, and a lost Redis is reported at once, as before.
+  sent again on a new connection, which waits through the sentinels for up to
+  `BRANDBOT_REDIS_FAILOVER_WAIT_SECONDS` for the next master, so a failover looks like a slow command
+  to every caller rather than an outage. Without Sentinel there is no other master to wait for, and a
+  lost Redis is reported at once, as before.
 
 ```python
 client = sync_client(settings, socket_timeout=5)  # redis.Redis, for RQ and blocking work
@@ -18,7 +19,8 @@ aclient = async_client(settings, max_connections=64)  # redis.asyncio.Redis, for
 
 from __future__ import annotations
 
-import math
+import asyncio
+import time
 from typing import Any
 
 import redis
@@ -38,7 +40,11 @@ SENTINEL_TIMEOUT_SECONDS = 2.0
 """A sentinel that does not answer within this time is skipped for the next one."""
 
 FAILOVER_RETRY_INTERVAL_SECONDS = 0.5
-"""While a failover runs, a command is retried this often (each retry asks the sentinels again)."""
+"""While no master answers, a reconnection asks the sentinels again this often."""
+
+COMMAND_RETRIES = 2
+"""A command whose connection broke is sent again this many times, each on a fresh connection (which
+itself waits up to `BRANDBOT_REDIS_FAILOVER_WAIT_SECONDS` for a master): a bounded wait in all."""
 
 WORKER_CONNECT_TIMEOUT_SECONDS = 5.0
 WORKER_HEALTH_CHECK_SECONDS = 15
@@ -53,14 +59,12 @@ def sync_client(settings: Settings, **options: Any) -> redis.Redis:
             sentinel_kwargs=_sentinel_options(settings),
             **_master_options(settings),
         )
-        retry = redis.retry.Retry(
-            ConstantBackoff(FAILOVER_RETRY_INTERVAL_SECONDS), _failover_retries(settings)
-        )
         return sentinel.master_for(
             settings.redis_sentinel_master,
             redis_class=redis.Redis,
             connection_class=_SentinelSSLConnection if uses_tls(settings) else _SentinelConnection,
-            retry=retry,
+            retry=redis.retry.Retry(ConstantBackoff(FAILOVER_RETRY_INTERVAL_SECONDS), COMMAND_RETRIES),
+            failover_wait_seconds=settings.redis_failover_wait_seconds,
             **options,
         )
     return redis.Redis.from_url(settings.redis_url, **_tls_options(settings), **options)
@@ -74,27 +78,42 @@ def async_client(settings: Settings, **options: Any) -> redis.asyncio.Redis:
             sentinel_kwargs=_sentinel_options(settings),
             **_master_options(settings),
         )
-        retry = redis.asyncio.retry.Retry(
-            ConstantBackoff(FAILOVER_RETRY_INTERVAL_SECONDS), _failover_retries(settings)
-        )
         return sentinel.master_for(
             settings.redis_sentinel_master,
             redis_class=redis.asyncio.Redis,
             connection_class=_AsyncSentinelSSLConnection if uses_tls(settings) else _AsyncSentinelConnection,
-            retry=retry,
+            retry=redis.asyncio.retry.Retry(
+                ConstantBackoff(FAILOVER_RETRY_INTERVAL_SECONDS), COMMAND_RETRIES
+            ),
+            failover_wait_seconds=settings.redis_failover_wait_seconds,
             **options,
         )
     return redis.asyncio.Redis.from_url(settings.redis_url, **_tls_options(settings), **options)
 
 
 class _SentinelConnection(redis.sentinel.SentinelManagedConnection):
-    """Reconnects through the sentinels after a lost connection (redis-py 8.1 reconnects to the old master).
+    """A Sentinel-managed connection that waits out a failover and reconnects to the new master.
 
-    redis-py's Sentinel-managed connection asks the sentinels for the master only in `connect()`; a
-    connection that breaks mid-command is reopened by `send_packed_command` through
-    `connect_check_health()`, straight to the address it had: the dead master, until the retries run
-    out. Going through `connect()` there asks the sentinels again.
+    - `connect()` asks the sentinels for the master until one answers, for up to `failover_wait_seconds`
+      (the sentinels name the dead master until they have elected another).
+    - redis-py 8.1 asks the sentinels only in `connect()`; a connection that broke mid-command is
+      reopened by `send_packed_command` through `connect_check_health()`, straight to the address it
+      had: the dead master. Going through `connect()` there asks the sentinels again.
     """
+
+    def __init__(self, *, failover_wait_seconds: float, **kwargs: Any) -> None:
+        self.failover_wait_seconds = failover_wait_seconds
+        super().__init__(**kwargs)
+
+    def connect(self) -> None:
+        deadline = time.monotonic() + self.failover_wait_seconds
+        while True:
+            try:
+                return self._connect_retry()
+            except redis.ConnectionError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(FAILOVER_RETRY_INTERVAL_SECONDS)
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         if not self._sock:
@@ -108,6 +127,20 @@ class _SentinelSSLConnection(_SentinelConnection, redis.connection.SSLConnection
 
 class _AsyncSentinelConnection(redis.asyncio.sentinel.SentinelManagedConnection):
     """The asyncio twin of `_SentinelConnection`."""
+
+    def __init__(self, *, failover_wait_seconds: float, **kwargs: Any) -> None:
+        self.failover_wait_seconds = failover_wait_seconds
+        super().__init__(**kwargs)
+
+    async def connect(self) -> None:
+        deadline = time.monotonic() + self.failover_wait_seconds
+        while True:
+            try:
+                return await self._connect_retry()
+            except redis.ConnectionError:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(FAILOVER_RETRY_INTERVAL_SECONDS)
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         if not self.is_connected:
@@ -168,10 +201,6 @@ def _sentinel_options(settings: Settings) -> dict[str, Any]:
     if uses_tls(settings):
         options |= {"ssl": True, **_tls_options(settings)}
     return options
-
-
-def _failover_retries(settings: Settings) -> int:
-    return max(1, math.ceil(settings.redis_failover_wait_seconds / FAILOVER_RETRY_INTERVAL_SECONDS))
 
 
 def _sentinel_addresses(settings: Settings) -> list[tuple[str, int]]:

@@ -179,8 +179,9 @@ class Settings(BaseSettings):
     redis_failover_wait_seconds: float = Field(
         30.0,
         gt=0,
-        description="With Sentinel: how long a Redis command keeps retrying while a new master is elected "
-        "(above the sentinels' `down-after-milliseconds` plus a few seconds); then it fails as usual.",
+        description="With Sentinel: how long a reconnection waits for the sentinels to name a reachable "
+        "master (set it above their `down-after-milliseconds` plus a few seconds). A command whose "
+        "connection broke is tried on up to three connections, then fails as usual.",
     )
 
     @field_validator("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")

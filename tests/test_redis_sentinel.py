@@ -8,6 +8,8 @@ sentinel on their own ACL users. The master is SIGKILLed while questions are bei
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 from brandbot import keys, messages
 from brandbot.connections import async_client, sync_client
 from brandbot.settings import Settings
+from tests.conftest import REPO, free_port
 from tests.emulators.slack import Message, SlackEmulator
 from tests.redis_servers import SentinelSet, start_worker_on
 from tests.slack_fixtures import done_of, settled, slack_running, visible
@@ -141,3 +144,27 @@ async def test_a_reader_blocked_on_the_master_follows_the_failover(
     batches = await asyncio.wait_for(reader, timeout=FAILOVER_WAIT_SECONDS * 2)
     [(_name, [(_id, fields)])] = batches
     assert fields == {b"event": b"after the failover"}
+
+
+def test_unreachable_sentinels_end_in_one_line_not_a_hang(tmp_path: Path) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO),
+        "BRANDBOT_REDIS_URL": "redis://status:user-secret@unused:6379/0",
+        "BRANDBOT_REDIS_SENTINELS": f'["127.0.0.1:{free_port()}"]',
+        "BRANDBOT_REDIS_SENTINEL_PASSWORD": "sentinel-secret",
+        "BRANDBOT_REDIS_FAILOVER_WAIT_SECONDS": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "brandbot.cli", "status"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(
+        "brandbot: cannot reach Redis at BRANDBOT_REDIS_URL (No master found for 'mymaster'"
+    )
