@@ -24,6 +24,7 @@ import redis
 from ruamel.yaml import YAML
 
 from brandbot import keys
+from brandbot.connections import sync_client
 from brandbot.settings import Settings
 from tests.conftest import REPO, free_port
 from tests.emulators.slack import SlackEmulator
@@ -132,6 +133,29 @@ def test_the_tls_server_refuses_a_client_without_certificate_or_over_plain_tcp(
     )
     with pytest.raises((redis.ConnectionError, redis.TimeoutError)):
         plain.ping()
+
+
+@pytest.mark.parametrize("check_hostname", [True, False])
+def test_a_server_certificate_for_another_host_is_refused_unless_the_check_is_off(
+    tmp_path: Path, settings: Callable[..., Settings], check_hostname: bool
+) -> None:
+    server = LockedRedis(
+        tmp_path / "redis", tls=make_certificates(tmp_path / "certs", server_names="DNS:redis.example")
+    )
+    server.start()
+    try:
+        client = sync_client(
+            settings(**server.settings_for("worker"), redis_tls_check_hostname=check_hostname),
+            socket_connect_timeout=2,
+        )
+        if check_hostname:
+            with pytest.raises(redis.ConnectionError, match="match"):
+                client.ping()
+        else:
+            assert client.ping()  # still encrypted, and the certificate still signed by the CA
+        client.close()
+    finally:
+        server.stop()
 
 
 async def test_worker_user_cannot_read_front_end_keys_or_run_admin_commands_yet_serves_jobs(
