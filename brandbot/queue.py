@@ -12,7 +12,7 @@ import redis.asyncio
 from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
-from brandbot import keys
+from brandbot import connections, keys
 from brandbot.contract import GenerationRequest, ReplyEvent, parse_reply_event
 from brandbot.errors import QueueUnavailable
 from brandbot.settings import Settings
@@ -42,32 +42,40 @@ class RequestQueue:
     """Puts requests on a model's queue and reads their replies.
 
     ```python
-    queue = RequestQueue(redis_url="redis://127.0.0.1:6379/0", retention_seconds=86400, deadline_seconds=120)
+    queue = RequestQueue.from_settings(settings)
     enqueued = await queue.enqueue(request, model="default")
     async for event_id, event in queue.events(enqueued.request_id):
         ...
     ```
     """
 
-    def __init__(self, *, redis_url: str, retention_seconds: int, deadline_seconds: float) -> None:
+    def __init__(
+        self,
+        *,
+        sync_client: redis.Redis,
+        async_client: redis.asyncio.Redis,
+        retention_seconds: int,
+        deadline_seconds: float,
+    ) -> None:
         self._retention = retention_seconds
         self._deadline = deadline_seconds
-        self._sync = redis.Redis.from_url(
-            redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=15
-        )
-        # Every relayed answer holds a connection while it waits on its stream: redis-py's default cap
-        # (100) would turn a busy minute into "too many connections" errors.
-        self._async = redis.asyncio.Redis.from_url(
-            redis_url,
-            max_connections=ASYNC_POOL_CONNECTIONS,
-            socket_connect_timeout=2,
-            health_check_interval=15,
-        )
+        self._sync = sync_client
+        self._async = async_client
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RequestQueue:
         return cls(
-            redis_url=settings.redis_url,
+            sync_client=connections.sync_client(
+                settings, socket_timeout=5, socket_connect_timeout=2, health_check_interval=15
+            ),
+            # Every relayed answer holds a connection while it waits on its stream: redis-py's default
+            # cap (100) would turn a busy minute into "too many connections" errors.
+            async_client=connections.async_client(
+                settings,
+                max_connections=ASYNC_POOL_CONNECTIONS,
+                socket_connect_timeout=2,
+                health_check_interval=15,
+            ),
             retention_seconds=settings.retention_seconds,
             deadline_seconds=settings.generation_deadline_seconds,
         )

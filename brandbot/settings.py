@@ -8,7 +8,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from brandbot.errors import SettingsError
@@ -150,6 +150,74 @@ class Settings(BaseSettings):
         description="Address the worker's Prometheus metrics listen on; `0.0.0.0` opens them to the network.",
     )
 
+    # -- Redis security and high availability ----------------------------------------------------
+    # Users and passwords travel in BRANDBOT_REDIS_URL (`redis://worker:<password>@host:6379/0`); a
+    # `rediss://` URL turns TLS on, and these settings give it its certificates.
+    redis_tls_ca_file: Path | None = Field(
+        None,
+        description="CA certificate (PEM) that signed the Redis server's certificate (`rediss://` URLs); "
+        "unset: the system's trusted CAs.",
+    )
+    redis_tls_cert_file: Path | None = Field(
+        None,
+        description="Client certificate (PEM) for Redis servers that check clients (`tls-auth-clients`).",
+    )
+    redis_tls_key_file: Path | None = Field(
+        None, description="Private key (PEM) of `BRANDBOT_REDIS_TLS_CERT_FILE`."
+    )
+    redis_tls_check_hostname: bool = Field(
+        True, description="Check that the Redis server's certificate names the host connected to."
+    )
+    redis_sentinels: list[str] = Field(
+        default_factory=list,
+        description='Redis Sentinel addresses as a JSON list (`["sentinel-1:26379", "sentinel-2:26379"]`)'
+        "; set: the master is found through them, and BRANDBOT_REDIS_URL gives only user, password, "
+        "database and scheme.",
+    )
+    redis_sentinel_master: str = Field(
+        "mymaster", description="Name of the master the sentinels watch (`sentinel monitor <name> …`)."
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        None, description="Password of the sentinels themselves (their `requirepass`), if they have one."
+    )
+    redis_failover_wait_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="With Sentinel: how long a reconnection waits for the sentinels to name a reachable "
+        "master (set it above their `down-after-milliseconds` plus a few seconds). A command whose "
+        "connection broke is tried on up to three connections, then fails as usual.",
+    )
+
+    @field_validator("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
+    @classmethod
+    def _tls_file_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"no such file: {path}")
+        return path
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, addresses: list[str]) -> list[str]:
+        for address in addresses:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{address!r} is not host:port")
+        return addresses
+
+    @model_validator(mode="after")
+    def _tls_settings_need_a_tls_url(self) -> Settings:
+        tls_files = [
+            f"BRANDBOT_{name.upper()}"
+            for name in ("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
+            if getattr(self, name) is not None
+        ]
+        if tls_files and not self.redis_url.startswith("rediss://"):
+            # Otherwise an operator who set up certificates would believe the link is encrypted.
+            raise ValueError(f"{', '.join(tls_files)} set, but BRANDBOT_REDIS_URL is not rediss://")
+        if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
+            raise ValueError("BRANDBOT_REDIS_TLS_CERT_FILE and BRANDBOT_REDIS_TLS_KEY_FILE go together")
+        return self
+
     def require(self, *names: str) -> None:
         """Stop with a clear message if a setting this command needs is unset."""
         missing = [f"BRANDBOT_{name.upper()}" for name in names if getattr(self, name) is None]
@@ -165,7 +233,9 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for detail in error.errors():
             field = ".".join(str(part) for part in detail["loc"])
-            problems.append(f"BRANDBOT_{field.upper()}: {detail['msg']}")
+            # A check across settings (no location) names its settings in its own message.
+            message = detail["msg"].removeprefix("Value error, ")
+            problems.append(f"BRANDBOT_{field.upper()}: {message}" if field else message)
         raise SettingsError("; ".join(problems)) from None
 
 

@@ -18,6 +18,7 @@ from rq import Queue
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from brandbot import keys
+from brandbot.connections import sync_client
 from brandbot.errors import QueueUnavailable
 from brandbot.settings import Settings
 
@@ -50,11 +51,13 @@ def collect_status(connection: redis.Redis) -> tuple[list[dict[str, str]], list[
 
 
 def print_status(settings: Settings) -> None:
-    connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+    connection = sync_client(settings, socket_connect_timeout=3)
     try:
         workers, queues = collect_status(connection)
     except redis.ConnectionError as error:
         raise QueueUnavailable(f"cannot reach Redis at BRANDBOT_REDIS_URL ({error})") from None
+    except redis.exceptions.NoPermissionError as error:
+        raise QueueUnavailable(f"BRANDBOT_REDIS_URL's user may not read the queues ({error})") from None
     # Piped output (scripts, CI logs) gets a wide table instead of wrapped cells.
     console = Console() if sys.stdout.isatty() else Console(width=200)
     table = Table(

@@ -8,12 +8,16 @@ import redis
 
 from brandbot.contract import DeltaEvent
 from brandbot.queue import RequestQueue
+from brandbot.settings import Settings
 from tests.conftest import TEST_REDIS_URL
 from worker.replies import ReplyPublisher
 
 
 async def test_hundreds_of_answers_can_be_followed_at_once(redis_client: redis.Redis) -> None:
-    queue = RequestQueue(redis_url=TEST_REDIS_URL, retention_seconds=60, deadline_seconds=10)
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, redis_url=TEST_REDIS_URL, retention_seconds=60, generation_deadline_seconds=10
+    )
+    queue = RequestQueue.from_settings(settings)
     publisher = ReplyPublisher(redis_client, retention_seconds=60)
     request_ids = [f"load{i}" for i in range(300)]
 

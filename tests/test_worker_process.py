@@ -83,7 +83,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 def enqueue(settings: Settings, *requests: GenerationRequest) -> None:
     async def go() -> None:
-        queue = RequestQueue(redis_url=settings.redis_url, retention_seconds=600, deadline_seconds=60)
+        queue = RequestQueue.from_settings(settings)
         for request in requests:
             await queue.enqueue(request, model="default")
         await queue.close()

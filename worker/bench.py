@@ -23,6 +23,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from brandbot import keys
+from brandbot.connections import sync_client
 from brandbot.contract import (
     DoneEvent,
     FinishReason,
@@ -199,7 +200,7 @@ def _measure(
 
 
 def bench_queue(settings: Settings, jobs: int, echo: Callable[[str], None]) -> tuple[QueueRun, QueueRun]:
-    connection = redis.Redis.from_url(settings.redis_url)
+    connection = sync_client(settings)
     for pattern in (f"*{BENCH_QUEUE_PREFIX}*", f"*{keys.model_queue(BENCH_MODEL)}*"):
         for key in connection.scan_iter(match=pattern):
             connection.delete(key)
@@ -262,7 +263,9 @@ def _bench_our_path(settings: Settings, connection: redis.Redis, jobs: int) -> Q
     thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False}, daemon=True)
     thread.start()
     persona = service.prompts.current().default_persona().name
-    front = RequestQueue(redis_url=settings.redis_url, retention_seconds=600, deadline_seconds=60)
+    front = RequestQueue.from_settings(
+        settings.model_copy(update={"retention_seconds": 600, "generation_deadline_seconds": 60})
+    )
 
     def enqueue(index: int) -> str:
         request = GenerationRequest(

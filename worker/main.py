@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import redis
-
 from brandbot import keys
+from brandbot.connections import worker_connection
 from brandbot.errors import EngineLoadError
 from brandbot.feedback import FeedbackRecorder
 from brandbot.logs import get_logger
@@ -33,7 +32,7 @@ def gpu_options(settings: Settings) -> GpuOptions:
 
 def run_worker(settings: Settings) -> None:
     seal_process_environment()  # may re-execute this process: first, before anything is loaded
-    connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=15)
+    connection = worker_connection(settings)
     connection.ping()
     prompts = LivePromptLibrary(settings.prompts_dir)
     engine = load_engine(

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import redis
-import redis.asyncio
 import typer
 
+from brandbot.connections import async_client
 from brandbot.feedback import FeedbackStore, RatingFilter
 
 feedback_app = typer.Typer(help="Users' 👍/👎 on answers, for fine-tuning.", no_args_is_help=True)
@@ -29,7 +29,7 @@ def export(
     settings = settings_or_exit()
 
     async def run() -> int:
-        connection = redis.asyncio.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+        connection = async_client(settings, socket_connect_timeout=2)
         try:
             store = FeedbackStore(connection, retention_seconds=settings.retention_seconds)
             return await store.export(sys.stdout if output == "-" else Path(output), rating=rating)

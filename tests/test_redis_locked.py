@@ -1,0 +1,391 @@
+"""Redis locked as shipped: the ACL file's users, TLS with client certificates, each tier on its own user.
+
+The servers are real redis-server processes started by `deploy/redis/start-redis.sh` (the compose file's
+command); the worker is a real `brandbot worker` subprocess; the Slack front-end runs in-process against
+the Slack emulator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from ruamel.yaml import YAML
+
+from brandbot import keys
+from brandbot.connections import sync_client
+from brandbot.settings import Settings
+from tests.conftest import REPO, free_port
+from tests.emulators.slack import SlackEmulator
+from tests.redis_servers import LockedRedis, make_certificates, start_worker_on
+from tests.slack_fixtures import slack_running, visible
+
+FRONT_END_KEYS = [
+    keys.inflight("slack"),
+    "brandbot:inflight:slack:x",
+    keys.relay_lease("slack", "r1"),
+    keys.seen_event("slack", "Ev1"),
+    keys.feedback("r1"),
+    "brandbot:ratelimit:slack:U1",
+    "brandbot:slack:installation",
+    "brandbot:discord:interaction:1",
+]
+
+
+@pytest.fixture
+def locked_redis(tmp_path: Path) -> Iterator[LockedRedis]:
+    server = LockedRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def locked_tls_redis(tmp_path: Path) -> Iterator[LockedRedis]:
+    server = LockedRedis(tmp_path / "redis-tls", tls=make_certificates(tmp_path / "certs"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def refused(call: Callable[[], Any]) -> bool:
+    try:
+        call()
+    except redis.exceptions.NoPermissionError:
+        return True
+    return False
+
+
+def test_acl_file_holds_only_password_hashes_and_nobody_gets_in_without_a_user(
+    locked_redis: LockedRedis,
+) -> None:
+    written = locked_redis.acl_file.read_text()
+    assert stat.S_IMODE(locked_redis.acl_file.stat().st_mode) == 0o600
+    for user, password in locked_redis.passwords.items():
+        assert password not in written
+        assert f"user {user} on #{hashlib.sha256(password.encode()).hexdigest()} " in written
+    anonymous = redis.Redis(port=locked_redis.port)
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.ping()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=locked_redis.port, username="worker", password="guessed").ping()
+    assert locked_redis.client("worker").ping()
+
+
+def test_a_user_whose_password_is_unset_stays_off(tmp_path: Path) -> None:
+    server = LockedRedis(tmp_path / "redis")
+    server.passwords = {user: password for user, password in server.passwords.items() if user != "status"}
+    server.start()
+    try:
+        assert "user status off " in server.acl_file.read_text()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=server.port, username="status", password="").ping()
+    finally:
+        server.stop()
+
+
+async def test_answer_arrives_over_tls_with_each_tier_on_its_own_acl_user(
+    locked_tls_redis: LockedRedis,
+    slack_emulator: SlackEmulator,
+    settings: Callable[..., Settings],
+    tmp_path: Path,
+) -> None:
+    server = locked_tls_redis
+    with server.client("admin") as admin:
+        worker = start_worker_on(settings(**server.settings_for("worker")), admin, tmp_path / "worker.log")
+    try:
+        async with slack_running(slack_emulator, settings(**server.settings_for("frontend"))) as slack:
+            question = await slack.mention("C1", "U1", "what is our VPN called?")
+            answer = await slack.wait_for_answer("C1", question.ts)
+            with server.client("admin") as admin:
+                users = {client["user"] for client in admin.client_list()}
+        assert visible(answer).strip()
+        assert users == {"worker", "frontend", "admin"}  # each tier on its own user, nobody as default
+        # Every command both tiers sent was allowed: the ACL is complete for RQ and for the front-end.
+        assert server.acl_denials() == []
+    finally:
+        worker.stop()
+
+
+def test_the_tls_server_refuses_a_client_without_certificate_or_over_plain_tcp(
+    locked_tls_redis: LockedRedis,
+) -> None:
+    server = locked_tls_redis
+    assert server.tls is not None
+    no_certificate = redis.Redis.from_url(
+        server.url("worker"), ssl_ca_certs=str(server.tls.ca), socket_connect_timeout=2
+    )
+    with pytest.raises(redis.ConnectionError):
+        no_certificate.ping()
+    plain = redis.Redis(
+        port=server.port, username="worker", password=server.passwords["worker"], socket_timeout=2
+    )
+    with pytest.raises((redis.ConnectionError, redis.TimeoutError)):
+        plain.ping()
+
+
+@pytest.mark.parametrize("check_hostname", [True, False])
+def test_a_server_certificate_for_another_host_is_refused_unless_the_check_is_off(
+    tmp_path: Path, settings: Callable[..., Settings], check_hostname: bool
+) -> None:
+    server = LockedRedis(
+        tmp_path / "redis", tls=make_certificates(tmp_path / "certs", server_names="DNS:redis.example")
+    )
+    server.start()
+    try:
+        client = sync_client(
+            settings(**server.settings_for("worker"), redis_tls_check_hostname=check_hostname),
+            socket_connect_timeout=2,
+        )
+        if check_hostname:
+            with pytest.raises(redis.ConnectionError, match="match"):
+                client.ping()
+        else:
+            assert client.ping()  # still encrypted, and the certificate still signed by the CA
+        client.close()
+    finally:
+        server.stop()
+
+
+async def test_worker_user_cannot_read_front_end_keys_or_run_admin_commands_yet_serves_jobs(
+    locked_redis: LockedRedis,
+    slack_emulator: SlackEmulator,
+    settings: Callable[..., Settings],
+    tmp_path: Path,
+) -> None:
+    server = locked_redis
+    with server.client("admin") as admin:
+        # What a front-end keeps: platform tokens and conversations.
+        admin.hset(keys.inflight("slack"), "r1", '{"token": "xoxb-secret"}')
+        admin.set("brandbot:inflight:slack:x", "secret")
+        worker_process = start_worker_on(
+            settings(**server.settings_for("worker")), admin, tmp_path / "worker.log"
+        )
+    try:
+        async with slack_running(slack_emulator, settings(**server.settings_for("frontend"))) as slack:
+            question = await slack.mention("C1", "U1", "hello there")
+            answer = await slack.wait_for_answer("C1", question.ts)
+        assert visible(answer).strip()
+        assert server.acl_denials() == []  # the real worker never needed more than the ACL gives
+    finally:
+        worker_process.stop()
+
+    worker = server.client("worker")
+    for key in FRONT_END_KEYS:
+        assert refused(lambda key=key: worker.get(key)), key
+        assert refused(lambda key=key: worker.hgetall(key)), key
+        assert refused(lambda key=key: worker.hscan(key)), key
+        assert refused(lambda key=key: worker.dump(key)), key
+        if key != keys.feedback("r1"):  # the worker writes (never reads) the feedback record it answered
+            assert refused(lambda key=key: worker.delete(key)), key
+    assert refused(lambda: worker.eval("return redis.call('GET', KEYS[1])", 1, "brandbot:inflight:slack:x"))
+    assert refused(lambda: worker.scan())  # not even the names of other tiers' keys
+    assert refused(lambda: worker.keys("*"))
+    assert refused(lambda: worker.flushall())
+    assert refused(lambda: worker.flushdb())
+    assert refused(lambda: worker.config_get("*"))
+    assert refused(lambda: worker.config_set("dir", "/tmp"))
+    assert refused(lambda: worker.acl_list())
+    assert refused(lambda: worker.client_list())
+    assert refused(lambda: worker.info("clients"))
+    assert refused(lambda: worker.execute_command("SHUTDOWN", "NOSAVE"))
+    assert refused(lambda: worker.execute_command("MONITOR"))
+    assert refused(lambda: worker.function_flush())
+    assert refused(lambda: worker.script_flush())
+    assert refused(lambda: worker.publish("brandbot:anything", "x"))
+    # Its own tier's keys still work.
+    assert worker.exists(keys.cancel_flag("r1")) == 0
+    assert worker.info("server")["redis_version"]
+
+
+def test_status_user_reads_queues_and_workers_but_neither_requests_nor_writes(
+    locked_redis: LockedRedis, tmp_path: Path
+) -> None:
+    server = locked_redis
+    with server.client("admin") as admin:
+        admin.hset("rq:job:r1", "data", "a user's question")
+        admin.xadd(keys.reply_stream("r1"), {"event": "an answer"})
+    status = server.client("status")
+    assert status.llen("rq:queue:brandbot:model:default") == 0
+    assert status.smembers(keys.WORKERS_SET) == set()
+    assert refused(lambda: status.hgetall("rq:job:r1"))
+    assert refused(lambda: status.xrange(keys.reply_stream("r1")))
+    assert refused(lambda: status.set(keys.WORKERS_SET, "x"))
+    assert refused(lambda: status.delete("rq:queue:brandbot:model:default"))
+
+
+def test_rediss_url_with_a_missing_ca_file_stops_with_one_line_naming_the_setting(tmp_path: Path) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(REPO),
+        "BRANDBOT_REDIS_URL": "rediss://worker:pw@127.0.0.1:6390/0",
+        "BRANDBOT_REDIS_TLS_CA_FILE": str(tmp_path / "missing-ca.crt"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "brandbot.cli", "status"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"brandbot: BRANDBOT_REDIS_TLS_CA_FILE: no such file: {tmp_path / 'missing-ca.crt'}"
+    ]
+
+
+def test_tls_certificates_without_a_rediss_url_are_refused(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("not checked here")
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(REPO),
+        "BRANDBOT_REDIS_URL": "redis://127.0.0.1:6390/0",
+        "BRANDBOT_REDIS_TLS_CA_FILE": str(ca),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "brandbot.cli", "status"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "BRANDBOT_REDIS_TLS_CA_FILE set, but BRANDBOT_REDIS_URL is not rediss://" in result.stderr
+
+
+def test_compose_runs_redis_locked_and_every_service_on_its_own_user() -> None:
+    compose = YAML(typ="safe").load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    redis_service = services["redis"]
+    command = " ".join(redis_service["command"])
+    assert "start-redis.sh" in command and "--appendonly yes" in command
+    assert "healthcheck" in redis_service
+    mounted = [volume.split(":")[0] for volume in redis_service["volumes"]]
+    assert "./deploy/redis" in mounted
+    shipped = (REPO / "deploy" / "redis" / "users.acl").read_text()
+    assert "user default off resetpass" in shipped
+    expected_users = {"worker": "worker", "slack": "frontend", "discord": "frontend"}
+    for name, service in services.items():
+        if name == "redis":
+            continue
+        url = service["environment"]["BRANDBOT_REDIS_URL"]
+        user = expected_users[name]
+        assert url == f"redis://{user}:${{BRANDBOT_REDIS_{user.upper()}_PASSWORD}}@redis:6379/0", name
+    for user in ("worker", "frontend", "status"):
+        # Compose refuses to start while a tier's password is missing from .env.
+        assert (
+            f"${{BRANDBOT_REDIS_{user.upper()}_PASSWORD:?"
+            in redis_service["environment"][f"BRANDBOT_REDIS_{user.upper()}_PASSWORD"]
+        )
+
+
+def test_brandbot_status_runs_as_the_read_only_status_user(locked_redis: LockedRedis, tmp_path: Path) -> None:
+    server = locked_redis
+    queue = "rq:queue:brandbot:model:default"
+    with server.client("admin") as admin:
+        admin.sadd("rq:queues", queue)
+        admin.rpush(queue, "waiting-1")
+        admin.zadd("rq:wip:brandbot:model:default", {"running-1": 1})  # a job whose heartbeat is stale
+        admin.hset("rq:job:running-1", "data", "a user's question")
+    result = subprocess.run(
+        [sys.executable, "-m", "brandbot.cli", "status"],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "BRANDBOT_REDIS_URL": server.url("status")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "brandbot:model:default" in result.stdout
+    assert server.acl_denials() == []
+
+
+def compose_interpolate(value: str, env: dict[str, str]) -> str:
+    """`${NAME}`, `${NAME:-default}` and `${NAME:?error}` as docker compose reads them from `.env`."""
+
+    def replace(match: re.Match[str]) -> str:
+        name, operator, argument = match.group(1), match.group(2), match.group(3)
+        if env.get(name):
+            return env[name]
+        if operator == ":?":
+            raise AssertionError(f"compose would refuse to start: {argument}")
+        return argument or ""
+
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", replace, value)
+
+
+def test_compose_redis_command_and_health_check_work_as_written(tmp_path: Path) -> None:
+    """The compose file's redis service run without Docker: its command, environment and health check."""
+    redis_service = YAML(typ="safe").load((REPO / "docker-compose.yml").read_text())["services"]["redis"]
+    dot_env = {
+        f"BRANDBOT_REDIS_{user.upper()}_PASSWORD": secrets.token_hex(16)
+        for user in ("worker", "frontend", "status")
+    }
+    environment = {
+        name: compose_interpolate(str(value), dot_env) for name, value in redis_service["environment"].items()
+    }
+    mount = next(volume for volume in redis_service["volumes"] if volume.startswith("./deploy/redis:"))
+    inside = mount.split(":")[1]
+    command = [part.replace(inside, str(REPO / "deploy" / "redis")) for part in redis_service["command"]]
+    port = free_port()
+    # Only what a container gives for free differs: its own port, data folder and /tmp.
+    here = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+    server = subprocess.Popen(
+        [*command, *here],
+        env={
+            "PATH": os.environ["PATH"],
+            "BRANDBOT_REDIS_ACL_FILE": str(tmp_path / "users.acl"),
+            **environment,
+        },
+        stdout=(tmp_path / "redis.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        health_check = redis_service["healthcheck"]["test"]
+        assert health_check[0] == "CMD-SHELL"
+        probe = health_check[1].replace("redis-cli", f"redis-cli -p {port}")
+
+        def healthy(env: dict[str, str]) -> bool:
+            return (
+                subprocess.run(["sh", "-c", probe], env=env, capture_output=True, timeout=10).returncode == 0
+            )
+
+        deadline = time.monotonic() + 15
+        while not healthy({**os.environ, **environment}):
+            assert time.monotonic() < deadline and server.poll() is None, (tmp_path / "redis.log").read_text()
+            time.sleep(0.1)
+        assert not healthy({**os.environ, "REDISCLI_AUTH": "wrong"})
+        frontend = redis.Redis(
+            port=port, username="frontend", password=dot_env["BRANDBOT_REDIS_FRONTEND_PASSWORD"]
+        )
+        assert frontend.set("brandbot:probe", "1")
+        assert (tmp_path / "appendonlydir").is_dir()  # appendonly yes
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).ping()
+        with pytest.raises(redis.AuthenticationError):  # no admin password in .env: no admin user
+            redis.Redis(port=port, username="admin", password="").ping()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_compose_refuses_to_start_without_the_tier_passwords() -> None:
+    redis_service = YAML(typ="safe").load((REPO / "docker-compose.yml").read_text())["services"]["redis"]
+    with pytest.raises(AssertionError, match="compose would refuse to start"):
+        compose_interpolate(redis_service["environment"]["BRANDBOT_REDIS_WORKER_PASSWORD"], {})
