@@ -26,6 +26,11 @@ class CacheType(StrEnum):
     Q4 = "q4"
 
 
+class LogFormat(StrEnum):
+    CONSOLE = "console"
+    JSON = "json"
+
+
 class SlackMode(StrEnum):
     SOCKET = "socket"
     HTTP = "http"
@@ -144,6 +149,13 @@ class Settings(BaseSettings):
     )
     discord_sync_commands: bool = Field(
         True, description="Register (sync) the slash commands with Discord at start."
+    )
+
+    # -- logs ----------------------------------------------------------------------------------------
+    log_format: LogFormat = Field(
+        LogFormat.CONSOLE,
+        description="`console` (one readable line per event) or `json` (one JSON object per line, for log "
+        "shippers).",
     )
 
     def require(self, *names: str) -> None:
