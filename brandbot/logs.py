@@ -59,6 +59,8 @@ TEXT_VALUE = re.compile(rf"""(?P<key>(["'])(?:{_TEXT_KEYS})\2\s*:\s*){_QUOTED}""
 SECRET_VALUE = re.compile(rf"""(?P<key>(["'])(?:{_SECRET_KEYS})\2\s*:\s*){_QUOTED}""", re.S | re.I)
 # Discord puts a webhook's or an interaction's token in the URL path.
 URL_TOKEN = re.compile(r"(/(?:webhooks|interactions)/\d+/)[^/\s?#'\"]+")
+# …and discord.py names its rate-limit buckets after it: `<webhook id>+<token>` ("major parameters").
+BUCKET_TOKEN = re.compile(r"(\d+\+)[A-Za-z0-9_.\-]{20,}")
 
 
 @dataclass(frozen=True)
@@ -76,14 +78,14 @@ PAYLOAD_RULES = (
     PayloadRule(
         "slack_",
         re.compile(
-            r"(?P<payload>(?:\b(?:params|data|json|body|files|headers|message|event|payload)\s*:"
-            r"|for the request \().*)",
+            r"(?:\b(?:params|data|json|body|files|headers|message|event|payload)\s*:\s*"
+            r"|for the request \()(?P<payload>.*)",
             re.S | re.I,
         ),
     ),
     # discord.py: gateway events as received, REST bodies sent (`with %s has returned`) and received.
     PayloadRule("discord", re.compile(r"WebSocket Event: (?P<payload>.*)", re.S)),
-    PayloadRule("discord", re.compile(r" with (?P<payload>.*) has returned ", re.S)),
+    PayloadRule("discord.http", re.compile(r" with (?P<payload>.*) has returned ", re.S)),
     PayloadRule("discord", re.compile(r" has received (?P<payload>.*)", re.S)),
     PayloadRule("discord.gateway", re.compile(r"^Received (?:error )?(?P<payload>.*)", re.S)),
     # RQ: a job's description (the repr of its arguments), its result, and failure texts.
@@ -115,6 +117,7 @@ class Redactor:
             text = TEXT_VALUE.sub(rf"\g<key>\g<q>{REDACTED}\g<q>", text)
         text = SECRET_VALUE.sub(rf"\g<key>\g<q>{SECRET}\g<q>", text)
         text = URL_TOKEN.sub(rf"\1{SECRET}", text)
+        text = BUCKET_TOKEN.sub(rf"\1{SECRET}", text)
         if self._secrets is not None:
             text = self._secrets.sub(SECRET, text)
         return text

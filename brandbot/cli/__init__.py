@@ -62,7 +62,7 @@ def run_tier(entry: Callable[[], Any]) -> None:
         fail(str(error), code=2)
     except BrandbotError as error:
         fail(str(error))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM cancelling the main task
         pass
 
 
