@@ -17,6 +17,7 @@ and the libraries' stdlib records alike (RQ, slack_bolt and slack_sdk, discord.p
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import traceback
@@ -296,11 +297,11 @@ def configure_logging(settings: Settings, *, level: str | None = None) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if settings.log_format == LogFormat.JSON
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
+    renderer: Any = structlog.dev.ConsoleRenderer(colors=False)
+    if settings.log_format == LogFormat.JSON:
+        renderer = structlog.processors.JSONRenderer()
+        # Every line a log shipper reads must be JSON: no progress bars (model loading draws one).
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=stamped,
         processors=[
