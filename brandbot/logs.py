@@ -311,7 +311,7 @@ def configure_logging(settings: Settings, *, level: str | None = None) -> None:
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = CurrentStderrHandler()
     handler.setFormatter(formatter)
     handler.addFilter(LibraryRecordFilter(redact))
     root = logging.getLogger()
@@ -320,6 +320,22 @@ def configure_logging(settings: Settings, *, level: str | None = None) -> None:
     root.addHandler(handler)
     root.setLevel(chosen)
     sys.excepthook = _log_uncaught(structlog.get_logger("brandbot.uncaught"))
+
+
+class CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a line is logged (as logging's last-resort handler does),
+    so a redirect made later (a test's capture, a CLI runner) is followed, never a closed stream."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        """The stream is always the current `sys.stderr`."""
 
 
 def _log_uncaught(log: Any) -> Callable[..., None]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,7 +31,7 @@ INTERACTION_TOKEN = "aW50ZXJhY3Rpb246MTIzNDU2Nzg5MDEyMzQ1Njc4OTA6c2VjcmV0"
 def logged(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., str]]:
     """Configure logging as an entry point does (settings given), run a function, return what it wrote."""
     root = logging.getLogger()
-    saved = root.handlers[:], root.level
+    saved = root.handlers[:], root.level, sys.excepthook
 
     def run(emit: Callable[[], object], **overrides: object) -> str:
         values: dict[str, object] = {
@@ -45,7 +46,8 @@ def logged(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., str]]:
         return capsys.readouterr().err
 
     yield run
-    root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+    root.handlers[:], sys.excepthook = saved[0], saved[2]
+    root.setLevel(saved[1])
     structlog.reset_defaults()
 
 
