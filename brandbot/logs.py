@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import redis.exceptions
 import structlog
 from pydantic import BaseModel, SecretStr
 
@@ -41,13 +42,12 @@ PAYLOAD_DROPPED = "[payload dropped]"
 MESSAGE_HIDDEN = "[message hidden]"
 
 # Exceptions whose messages name hosts, ports and settings, never a payload: worth keeping for the operator.
-SAFE_MESSAGE_TYPES: tuple[type[BaseException], ...] = (OSError, SettingsError)
-try:
-    import redis.exceptions
-
-    SAFE_MESSAGE_TYPES += (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-except ImportError:  # pragma: no cover - redis is a core dependency
-    pass
+SAFE_MESSAGE_TYPES: tuple[type[BaseException], ...] = (
+    OSError,
+    SettingsError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
 
 # Keys under which Slack, Discord and brandbot's contract carry people's text, in JSON or a dict's repr.
 _TEXT_KEYS = (

@@ -241,6 +241,7 @@ def locked_redis() -> Iterator[LockedRedis]:
 
 
 # ---------------------------------------------------------------------- the story
+@pytest.mark.timeout(420)  # a limit for a hung run of four processes and a model, not a speed requirement
 @pytest.mark.parametrize(
     ("level", "log_format"), [("INFO", "console"), ("DEBUG", "console"), ("DEBUG", "json")]
 )
