@@ -280,7 +280,8 @@ class RedactEvent:
 
 # ---------------------------------------------------------------------- setup
 def configure_logging(settings: Settings, *, level: str | None = None) -> None:
-    """Route every log line of this process through one redacting handler; call once per entry point."""
+    """Route every log line of this process through one redacting handler on standard error (standard
+    output stays the program's own, e.g. `brandbot chat`'s conversation); call once per entry point."""
     chosen = (level or settings.log_level).upper()
     redact = Redactor.from_settings(settings)
     stamped: list[Any] = [
