@@ -26,6 +26,11 @@ class CacheType(StrEnum):
     Q4 = "q4"
 
 
+class LogFormat(StrEnum):
+    CONSOLE = "console"
+    JSON = "json"
+
+
 class SlackMode(StrEnum):
     SOCKET = "socket"
     HTTP = "http"
@@ -217,6 +222,13 @@ class Settings(BaseSettings):
         if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
             raise ValueError("BRANDBOT_REDIS_TLS_CERT_FILE and BRANDBOT_REDIS_TLS_KEY_FILE go together")
         return self
+
+    # -- logs ----------------------------------------------------------------------------------------
+    log_format: LogFormat = Field(
+        LogFormat.CONSOLE,
+        description="`console` (one readable line per event) or `json` (one JSON object per line, for log "
+        "shippers).",
+    )
 
     def require(self, *names: str) -> None:
         """Stop with a clear message if a setting this command needs is unset."""

@@ -110,7 +110,8 @@ class ReplyService:
                 company=self.company,
             )
         except TemplateError as error:
-            bound.error("prompt template failed", error=str(error))
+            # An exception, not its text: the text may quote the question; brandbot.logs shows its type.
+            bound.error("prompt template failed", error=error)
             return self._fail(request, attempt, ErrorKind.PERSONA, messages.PERSONA_UNAVAILABLE, bound)
         for code, text in built.notices:
             self.publisher.publish(request.request_id, NoticeEvent(attempt=attempt, code=code, message=text))

@@ -50,7 +50,7 @@ def settings_or_exit() -> Settings:
     except SettingsError as error:
         fail(str(error), code=2)
         raise  # unreachable: fail() exits
-    configure_logging(level=settings.log_level, log_message_text=settings.log_message_text)
+    configure_logging(settings)
     return settings
 
 
@@ -62,7 +62,7 @@ def run_tier(entry: Callable[[], Any]) -> None:
         fail(str(error), code=2)
     except BrandbotError as error:
         fail(str(error))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, or SIGTERM cancelling the main task
         pass
 
 
@@ -201,7 +201,7 @@ def bench_slack(
     settings = settings_or_exit()
     if redis_url is not None:
         settings = settings.model_copy(update={"redis_url": redis_url})
-    configure_logging(level="WARNING", log_message_text=False)  # 500 answers' log lines hide the figures
+    configure_logging(settings, level="WARNING")  # 500 answers' log lines hide the figures
 
     async def start() -> None:
         from bots.slack_bench import run_slack_bench

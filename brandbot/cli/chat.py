@@ -16,7 +16,6 @@ from typing import Annotated, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-import structlog
 import typer
 
 from brandbot import messages
@@ -266,8 +265,6 @@ def chat(
     from brandbot.cli import fail, settings_or_exit
 
     settings = settings_or_exit()
-    # Standard output is the conversation; logs (prompt reloads, …) go to standard error.
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
     try:
         prompts = LivePromptLibrary(settings.prompts_dir)
     except PromptFileError as error:
