@@ -36,7 +36,7 @@ MENTION = re.compile(r"<@!?(?P<user>\d+)>|<@&(?P<role>\d+)>|<#(?P<channel>\d+)>"
 
 
 @dataclass(frozen=True)
-class Question:
+class DiscordQuestion:
     """One question, from a mention, a reply, a DM or `/ask`, as the front-end needs it."""
 
     event_id: str  # the message or interaction id: what de-duplication remembers
@@ -48,7 +48,6 @@ class Question:
     parent_channel_id: str | None = None  # a thread's channel
     channel_name: str = ""
     role_ids: tuple[str, ...] = ()
-    history: tuple[Turn, ...] = ()
     requested_persona: str | None = None
     message_id: str | None = None  # the question's own message (not for slash commands)
 
@@ -106,8 +105,8 @@ def readable_text(message: discord.Message, bot_user_id: int) -> str:
     return MENTION.sub(readable, message.content).strip()
 
 
-def question_from_message(message: discord.Message, bot_user_id: int, history: list[Turn]) -> Question:
-    return Question(
+def question_from_message(message: discord.Message, bot_user_id: int) -> DiscordQuestion:
+    return DiscordQuestion(
         event_id=str(message.id),
         user_id=str(message.author.id),
         display_name=message.author.display_name,
@@ -117,7 +116,6 @@ def question_from_message(message: discord.Message, bot_user_id: int, history: l
         channel_name=getattr(message.channel, "name", None) or "",
         role_ids=role_ids(message.author),
         text=readable_text(message, bot_user_id),
-        history=tuple(history),
         message_id=str(message.id),
     )
 
