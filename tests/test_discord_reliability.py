@@ -132,7 +132,10 @@ async def test_restart_before_a_worker_took_the_question_still_answers_it(
     base = settings(worker_wait_seconds=30.0)
     async with discord_bot_running(discord_emulator, base) as first:
         await first.mention("anyone home?")
-        await discord_emulator.wait_until(lambda: inflight_records(redis_client, "discord") == 1)
+        # The record is written when the question is taken in, before its placeholder shows.
+        await discord_emulator.wait_until(
+            lambda: inflight_records(redis_client, "discord") == 1 and first.messages_in(GENERAL)
+        )
         [placeholder] = first.messages_in(GENERAL)
         assert placeholder["content"] == messages.THINKING
 

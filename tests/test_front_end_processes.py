@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from pydantic import SecretStr
+from pydantic import AnyHttpUrl, SecretStr
 
 from brandbot.settings import Settings
 from tests.conftest import REPO, WorkerProcess, worker_env
@@ -130,7 +130,7 @@ async def test_the_discord_front_end_stops_cleanly_on_a_signal(
     base = settings().model_copy(
         update={
             "discord_token": SecretStr(emulator.token),
-            "discord_api_url": emulator.api_url,
+            "discord_api_url": AnyHttpUrl(emulator.api_url),
             "discord_gateway_url": emulator.gateway_url,
         }
     )
