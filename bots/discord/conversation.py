@@ -8,15 +8,15 @@ turns; everyone else's are user turns with their display name. The worker trims 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import discord
 
 from bots.access import Asker
 from bots.relay import STREAMING_CURSOR
-from bots.turns import merge_answer_parts
-from brandbot import messages
-from brandbot.contract import Role, Turn
+from bots.turns import Said, recent_turns
+from brandbot.contract import Turn
 from brandbot.logs import get_logger
 
 log = get_logger(__name__)
@@ -171,23 +171,14 @@ async def referenced_message(
 
 
 def to_turns(earlier: list[discord.Message], bot_user_id: int) -> list[Turn]:
-    """Conversation turns, newest kept within the character budget; an answer's parts become one turn."""
-    turns: list[Turn] = []
-    budget = MAX_CONTEXT_CHARS
-    for message in reversed(earlier):
-        ours = message.author.id == bot_user_id
-        text = readable_text(message, bot_user_id)
-        if ours:
-            text = text.removesuffix(STREAMING_CURSOR.strip()).strip()
-        if not text or (ours and messages.is_bot_notice(text)):
-            continue
-        text = text[:MAX_TURN_CHARS]
-        if len(text) > budget:
-            break
-        budget -= len(text)
-        if ours:
-            turns.append(Turn(role=Role.ASSISTANT, content=text))
-        else:
-            turns.append(Turn(role=Role.USER, content=text, name=message.author.display_name))
-    turns.reverse()
-    return merge_answer_parts(turns)
+    """Conversation turns of earlier messages (see `bots.turns.recent_turns`)."""
+
+    def newest_first() -> Iterator[Said]:
+        for message in reversed(earlier):
+            ours = message.author.id == bot_user_id
+            text = readable_text(message, bot_user_id)
+            if ours:
+                text = text.removesuffix(STREAMING_CURSOR.strip()).strip()
+            yield Said(text, ours, message.author.display_name)
+
+    return recent_turns(newest_first(), max_chars=MAX_CONTEXT_CHARS, max_turn_chars=MAX_TURN_CHARS)
