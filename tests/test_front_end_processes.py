@@ -18,13 +18,14 @@ import pytest
 import redis
 from pydantic import AnyHttpUrl, SecretStr
 
+from brandbot import messages
 from brandbot.settings import Settings
 from tests.conftest import REPO, WorkerProcess, worker_env
 from tests.core_fixtures import inflight_records
 from tests.discord_fixtures import discord_emulator  # noqa: F401 (fixture by name)
 from tests.emulators.discord import DiscordEmulator
-from tests.emulators.slack import SlackEmulator
-from tests.slack_fixtures import front_end_settings, is_final_answer
+from tests.emulators.slack import Message, SlackEmulator
+from tests.slack_fixtures import front_end_settings, is_final_answer, visible
 
 BURST = 12
 
@@ -69,7 +70,7 @@ def short_answers(prompts_dir: Path) -> None:
     persona.write_text(persona.read_text().replace("max_new_tokens: 256", "max_new_tokens: 16"))
 
 
-def answers_in(slack: SlackEmulator, asked: list[str]) -> dict[str, list[object]]:
+def answers_in(slack: SlackEmulator, asked: list[str]) -> dict[str, list[Message]]:
     return {ts: [m for m in slack.messages_in("C1", ts) if m.user == slack.bot_user_id] for ts in asked}
 
 
@@ -106,7 +107,7 @@ async def test_a_slack_front_end_stopped_mid_intake_leaves_no_question_unanswere
     async with front_end("slack", base, tmp_path / "second.log") as second:
         await slack.wait_until(
             lambda: all(
-                len(replies) == 1 and is_final_answer(replies[0])  # type: ignore[arg-type]
+                len(replies) == 1 and is_final_answer(replies[0])
                 for replies in answers_in(slack, asked).values()
             ),
             timeout=180,
@@ -116,6 +117,54 @@ async def test_a_slack_front_end_stopped_mid_intake_leaves_no_question_unanswere
         assert all(len(replies) == 1 for replies in answers_in(slack, asked).values())
         assert await second.stop(signal.SIGINT) == 0  # Ctrl-C
         assert "Traceback" not in second.log()
+    assert inflight_records(redis_client, "slack") == 0
+
+
+@pytest.mark.timeout(300)
+async def test_a_slack_front_end_killed_mid_intake_leaves_no_question_thinking_forever(
+    slack_emulator: SlackEmulator,
+    settings: Callable[..., Settings],
+    start_worker: Callable[..., WorkerProcess],
+    redis_client: redis.Redis,
+    tmp_path: Path,
+) -> None:
+    """A crash between "seen" and "queued": each question ends in its answer or in one clear error."""
+    slack = slack_emulator
+    base = front_end_settings(slack, settings(worker_wait_seconds=120.0))
+    short_answers(base.prompts_dir)
+    slack.latency["users.info"] = 3.0  # the kill lands while the asker's name is being read
+    asked: list[str] = []
+    async with front_end("slack", base, tmp_path / "first.log") as first:
+        await slack.wait_for_client(timeout=30)
+        for number in range(4):
+            message, envelope = await slack.send_user_message(
+                channel="C1",
+                user=f"U{number}",
+                text=f"<@{slack.bot_user_id}> hi {number}",
+                event_type="app_mention",
+            )
+            await slack.wait_for_ack(envelope)
+            asked.append(message.ts)
+        await slack.wait_until(
+            lambda: len(slack.calls_to("chat.postMessage")) == len(asked), timeout=30, what="the placeholders"
+        )
+        await first.stop(signal.SIGKILL)
+
+    slack.latency.clear()
+    start_worker()
+
+    def ended(replies: list[Message]) -> bool:
+        return len(replies) == 1 and (
+            is_final_answer(replies[0]) or visible(replies[0]) == messages.GENERATION_FAILED
+        )
+
+    async with front_end("slack", base, tmp_path / "second.log") as second:  # resumes once the leases lapse
+        await slack.wait_until(
+            lambda: all(ended(replies) for replies in answers_in(slack, asked).values()),
+            timeout=120,
+            what="every question to end in an answer or an error",
+        )
+        assert await second.stop() == 0
     assert inflight_records(redis_client, "slack") == 0
 
 
