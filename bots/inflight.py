@@ -1,35 +1,74 @@
 """Requests a front-end is relaying, recorded in Redis so a restarted front-end finishes them.
 
-A record holds only where the reply is shown (ids), never conversation text; it expires with the
-retention period. On start, a front-end re-reads each recorded request's reply stream from the top and
-renders it into the same messages, so the user sees one answer, finished.
+Each record is a key of its own (`keys.inflight_record`) holding only where the reply is shown (ids, and
+a Discord interaction's token), never conversation text, and it expires with the retention period. An
+index (`keys.inflight_index`, scored by each record's expiry) lists them without a SCAN; members whose
+record expired are pruned when the index is read.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import redis.asyncio
 
 from brandbot import keys
+from brandbot.logs import get_logger
+
+log = get_logger(__name__)
 
 
 class InflightRequests:
     def __init__(self, connection: redis.asyncio.Redis, *, platform: str, retention_seconds: int) -> None:
         self._redis = connection
-        self._key = keys.inflight(platform)
+        self._platform = platform
+        self._index = keys.inflight_index(platform)
         self._retention = retention_seconds
+
+    def key(self, request_id: str) -> str:
+        return keys.inflight_record(self._platform, request_id)
+
+    def encode(self, state: dict[str, Any]) -> str:
+        return json.dumps(state)
+
+    @property
+    def index(self) -> str:
+        return self._index
+
+    @property
+    def retention_seconds(self) -> int:
+        return self._retention
 
     async def save(self, request_id: str, state: dict[str, Any]) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._key, request_id, json.dumps(state))
-            pipe.expire(self._key, self._retention)
+            pipe.set(self.key(request_id), self.encode(state), ex=self._retention)
+            pipe.zadd(self._index, {request_id: time.time() + self._retention})
+            pipe.expire(self._index, self._retention)
             await pipe.execute()
 
     async def remove(self, request_id: str) -> None:
-        await self._redis.hdel(self._key, request_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.key(request_id))
+            pipe.zrem(self._index, request_id)
+            await pipe.execute()
 
     async def all(self) -> dict[str, dict[str, Any]]:
-        raw: Any = await self._redis.hgetall(self._key)
-        return {keys.as_text(request_id): json.loads(state) for request_id, state in raw.items()}
+        """Every live record, by request id; an unreadable one comes back empty (the caller drops it)."""
+        await self._redis.zremrangebyscore(self._index, "-inf", time.time())
+        request_ids = [keys.as_text(member) for member in await self._redis.zrange(self._index, 0, -1)]
+        if not request_ids:
+            return {}
+        raw: list[Any] = await self._redis.mget([self.key(request_id) for request_id in request_ids])
+        records: dict[str, dict[str, Any]] = {}
+        for request_id, value in zip(request_ids, raw, strict=True):
+            if value is None:
+                await self._redis.zrem(self._index, request_id)  # expired or finished meanwhile
+                continue
+            try:
+                state = json.loads(value)
+            except ValueError:
+                state = None
+            records[request_id] = state if isinstance(state, dict) else {}
+        return records

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -121,7 +122,7 @@ class StreamingEditor:
 
 @dataclass(frozen=True)
 class RelayOutcome:
-    status: str  # "done", "error", "no_worker", "unreachable"
+    status: str  # "done", "error", "no_worker", "unreachable", "lost" (another process relays it now)
     text: str
     finish_reason: FinishReason | None = None
 
@@ -145,13 +146,21 @@ async def relay_reply(
     model: str,
     worker_wait_seconds: float,
     after: str = "0-0",
+    still_held: Callable[[], bool] | None = None,
 ) -> RelayOutcome:
-    """Follow the request's reply stream into the chat until `done` or `error`."""
+    """Follow the request's reply stream into the chat until `done` or `error`.
+
+    `still_held` is asked before each step: once it says False (this process lost the answer's lease to
+    another), the relay stops without touching the chat.
+    """
     text, attempt, started = "", 0, False
     notices: list[str] = []
     waiting_since = time.monotonic()
     try:
         async for _stream_id, event in queue.events(request_id, after=after):
+            if still_held is not None and not still_held():
+                log.warning("relay stopped, its lease is lost", request_id=request_id)
+                return RelayOutcome("lost", text)
             if event is None:
                 if not started and time.monotonic() - waiting_since > worker_wait_seconds:
                     if await queue.workers_alive(model) == 0:

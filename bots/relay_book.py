@@ -4,12 +4,20 @@ Each answer has an in-flight record (`bots.inflight.InflightRequests`: where it 
 and a short lease that its relaying process keeps renewing. A record whose lease lapsed belongs to a
 process that stopped; any front-end of the same platform sharing the Redis claims it and renders the reply
 stream again from the top into the same messages. A clean shutdown releases its leases, so a restart
-resumes at once. Both platforms use this one book.
+resumes at once.
+
+The lease is also a fence: a renewal that finds the lease gone or taken by another process (this one
+stalled past `LEASE_SECONDS`) drops the answer from `held`, and `holds()` turns False, so the relay stops
+before it writes into a chat another process now owns.
+
+A question is marked seen and recorded in one step (`take`): a crash can leave neither a question that is
+seen but has no record (no retry would revive it, "Thinking…" forever) nor a record without its lease.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,6 +36,9 @@ LEASE_SECONDS = 20
 HOUSEKEEPING_SECONDS = LEASE_SECONDS / 4
 """How often leases are renewed and answers of stopped processes are looked for."""
 
+SEEN_SECONDS = 3600
+"""An event or message id is remembered this long: Slack retries for minutes and replays after reconnects."""
+
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, QueueUnavailable)
 
 log = get_logger(__name__)
@@ -41,6 +52,22 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# KEYS: the seen markers, then lease, record, index. ARGV: seen ttl, owner, lease ttl, record (JSON, or ""
+# to only mark seen), retention, request id, the record's expiry time. 0 if any marker was set before.
+_TAKE = """
+local seen = #KEYS - 3
+for i = 1, seen do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
+end
+for i = 1, seen do redis.call('SET', KEYS[i], '1', 'EX', ARGV[1]) end
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[seen + 1], ARGV[2], 'EX', ARGV[3])
+  redis.call('SET', KEYS[seen + 2], ARGV[4], 'EX', ARGV[5])
+  redis.call('ZADD', KEYS[seen + 3], ARGV[7], ARGV[6])
+  redis.call('EXPIRE', KEYS[seen + 3], ARGV[5])
+end
+return 1
+"""
 
 
 class RelayBook:
@@ -53,35 +80,86 @@ class RelayBook:
         self._owner = uuid.uuid4().hex  # this process
         self._renew = connection.register_script(_RENEW)
         self._release = connection.register_script(_RELEASE)
+        self._take = connection.register_script(_TAKE)
         self.held: set[str] = set()
+
+    def _lease(self, request_id: str) -> str:
+        return keys.relay_lease(self._platform, request_id)
+
+    async def first_sight(self, event_ids: tuple[str, ...]) -> bool:
+        """Mark a question's ids seen; False if any was seen before (a retry, replay or twin)."""
+        return await self._mark(event_ids, request_id="", state=None)
+
+    async def take(self, event_ids: tuple[str, ...], request_id: str, state: dict[str, Any]) -> bool:
+        """Mark a question seen, record its answer and lease it, all at once; False if seen before."""
+        return await self._mark(event_ids, request_id=request_id, state=state)
+
+    async def _mark(
+        self, event_ids: tuple[str, ...], *, request_id: str, state: dict[str, Any] | None
+    ) -> bool:
+        seen = [keys.seen_event(self._platform, event_id) for event_id in event_ids]
+        record = "" if state is None else self._records.encode(state)
+        retention = self._records.retention_seconds
+        taken = await self._take(
+            keys=[*seen, self._lease(request_id), self._records.key(request_id), self._records.index],
+            args=[
+                SEEN_SECONDS,
+                self._owner,
+                LEASE_SECONDS,
+                record,
+                retention,
+                request_id,
+                time.time() + retention,
+            ],
+        )
+        if taken and state is not None:
+            self.held.add(request_id)
+        return bool(taken)
 
     async def claim(self, request_id: str) -> bool:
         """Take the lease of an answer; False if a live process holds it."""
-        taken = await self._redis.set(
-            keys.relay_lease(self._platform, request_id), self._owner, nx=True, ex=LEASE_SECONDS
-        )
+        taken = await self._redis.set(self._lease(request_id), self._owner, nx=True, ex=LEASE_SECONDS)
         if taken:
             self.held.add(request_id)
         return bool(taken)
 
+    def holds(self, request_id: str) -> bool:
+        """Whether this process still relays the answer (False once a renewal found its lease lost)."""
+        return request_id in self.held
+
     async def record(self, request_id: str, state: dict[str, Any]) -> None:
-        await self._records.save(request_id, state)
+        if request_id in self.held:  # a process that lost the lease must not overwrite the new owner's record
+            await self._records.save(request_id, state)
 
     async def finish(self, request_id: str) -> None:
         """The answer is complete (or abandoned for good): forget it."""
+        if request_id in self.held:
+            await self._records.remove(request_id)
+        await self.release(request_id)
+
+    async def forget(self, request_id: str) -> None:
+        """A question taken in but not to be answered after all (rate limit, outage): no record, no lease.
+
+        Also when `take` may or may not have run (a timeout): the id is new, so no other process has it.
+        """
         await self._records.remove(request_id)
         await self.release(request_id)
 
     async def release(self, request_id: str) -> None:
         """Stop relaying but keep the record, so another process picks the answer up."""
         self.held.discard(request_id)
-        await self._release(keys=[keys.relay_lease(self._platform, request_id)], args=[self._owner])
+        await self._release(keys=[self._lease(request_id)], args=[self._owner])
 
-    async def renew(self) -> None:
+    async def renew(self) -> list[str]:
+        """Renew every lease this process holds; returns the answers whose lease was lost (fenced off)."""
+        lost = []
         for request_id in list(self.held):
-            await self._renew(
-                keys=[keys.relay_lease(self._platform, request_id)], args=[self._owner, LEASE_SECONDS]
-            )
+            renewed = await self._renew(keys=[self._lease(request_id)], args=[self._owner, LEASE_SECONDS])
+            if not renewed and request_id in self.held:
+                self.held.discard(request_id)
+                lost.append(request_id)
+                log.warning("relay lease lost, another process relays the answer", request_id=request_id)
+        return lost
 
     async def keep_relaying(self, resume_orphans: Callable[[], Awaitable[object]]) -> None:
         """Forever: keep this process's leases and take over the answers of processes that stopped."""

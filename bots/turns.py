@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from brandbot import messages
 from brandbot.contract import Role, Turn
 
 
@@ -14,3 +18,32 @@ def merge_answer_parts(turns: list[Turn]) -> list[Turn]:
         else:
             merged.append(turn)
     return merged
+
+
+@dataclass(frozen=True)
+class Said:
+    """One earlier chat message as context: its text, whether the bot wrote it, and who did if not."""
+
+    text: str
+    ours: bool
+    author: str | None = None
+
+
+def recent_turns(newest_first: Iterable[Said], *, max_chars: int, max_turn_chars: int) -> list[Turn]:
+    """Conversation turns, newest kept within `max_chars`; the bot's notices left out (they are not
+    answers); each message contributes its first `max_turn_chars`; an answer's parts become one turn."""
+    turns: list[Turn] = []
+    budget = max_chars
+    for said in newest_first:
+        if not said.text or (said.ours and messages.is_bot_notice(said.text)):
+            continue
+        text = said.text[:max_turn_chars]
+        if len(text) > budget:
+            break
+        budget -= len(text)
+        if said.ours:
+            turns.append(Turn(role=Role.ASSISTANT, content=text))
+        else:
+            turns.append(Turn(role=Role.USER, content=text, name=said.author or None))
+    turns.reverse()
+    return merge_answer_parts(turns)

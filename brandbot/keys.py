@@ -30,14 +30,34 @@ def seen_event(platform: str, event_id: str) -> str:
     return f"{KEY_PREFIX}:seen:{platform}:{event_id}"
 
 
-def inflight(platform: str) -> str:
-    """Hash of requests a front-end is relaying: request id -> relay state (JSON)."""
+def inflight_record(platform: str, request_id: str) -> str:
+    """One answer a front-end is relaying: where it is shown (JSON, ids only); expires with the retention."""
+    return f"{KEY_PREFIX}:inflight:{platform}:{request_id}"
+
+
+def inflight_index(platform: str) -> str:
+    """Sorted set of the request ids with an in-flight record, scored by when the record expires."""
     return f"{KEY_PREFIX}:inflight:{platform}"
 
 
 def relay_lease(platform: str, request_id: str) -> str:
     """Held by the front-end process relaying this answer (SET NX EX, renewed while it relays)."""
     return f"{KEY_PREFIX}:relay-lease:{platform}:{request_id}"
+
+
+def rate_limit_notice(platform: str, user_id: str) -> str:
+    """Set while a rate-limited user has been told so: one notice per wait, however often they ask."""
+    return f"{KEY_PREFIX}:ratelimit-notice:{platform}:{user_id}"
+
+
+def joined_conversation(platform: str, conversation_id: str) -> str:
+    """Set while the bot answers in a thread: replies there reach it without a mention."""
+    return f"{KEY_PREFIX}:{platform}:joined:{conversation_id}"
+
+
+def slack_assistant_thread(channel: str, thread_ts: str) -> str:
+    """Set for a Slack AI-assistant thread (its status line and suggested prompts apply there)."""
+    return f"{KEY_PREFIX}:slack:assistant-thread:{channel}:{thread_ts}"
 
 
 def worker_heartbeat(worker_name: str) -> str:

@@ -45,7 +45,7 @@ discord:
 
 def route_general_to_support(bot: RunningBot, prompts_dir: Path) -> None:
     (prompts_dir / "routing.yaml").write_text(ROUTING)
-    assert bot.bot.desk.prompts.reload() == []
+    assert bot.bot.prompts.reload() == []
 
 
 async def test_commands_are_registered_globally_with_their_options(discord_bot: RunningBot) -> None:
@@ -185,7 +185,7 @@ async def test_reload_reports_problems_to_the_admin_and_keeps_the_last_good_file
     assert refused == messages.DISCORD_ADMINS_ONLY
     assert emulator.interaction_responses(token) == [{"type": 5, "data": {"flags": 64}}]
     assert rejected.startswith("The prompt files have problems") and "personas/support.yaml:" in rejected
-    assert discord_bot.bot.desk.prompts.current().persona("support") is not None  # last good stays live
+    assert discord_bot.bot.prompts.current().persona("support") is not None  # last good stays live
 
     persona_file.write_text(good)
     token = await discord_bot.command("brandbot reload", user=CAROL)

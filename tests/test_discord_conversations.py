@@ -138,7 +138,7 @@ async def test_mention_in_a_thread_reads_the_thread_and_answers_with_its_channel
     discord_bot: RunningBot, scripted_worker: ScriptedWorker, prompts_dir: Path
 ) -> None:
     (prompts_dir / "routing.yaml").write_text(f'discord:\n  channels:\n    "{GENERAL}": support\n')
-    assert discord_bot.bot.desk.prompts.reload() == []
+    assert discord_bot.bot.prompts.reload() == []
     emulator = discord_bot.emulator
     await emulator.send_message(channel_id=THREAD, author=BOB, content="the deploy failed at step 3")
     await emulator.send_message(channel_id=GENERAL, author=BOB, content="(not in the thread)")

@@ -14,6 +14,7 @@ from brandbot import keys, messages
 from brandbot.contract import DeltaEvent, FinishReason, StartEvent
 from brandbot.settings import Settings
 from tests.conftest import WorkerProcess
+from tests.core_fixtures import inflight_records
 from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
     GENERAL,
     RQ_QUEUE,
@@ -139,7 +140,7 @@ async def test_a_deleted_answer_stops_its_generation(
     scripted_worker.send(request.request_id, StartEvent(), DeltaEvent(text="Words"))
 
     await emulator.wait_until(lambda: redis_client.exists(keys.cancel_flag(request.request_id)))
-    await emulator.wait_until(lambda: not redis_client.hlen(keys.inflight("discord")))
+    await emulator.wait_until(lambda: not inflight_records(redis_client, "discord"))
     assert discord_bot.messages_in(GENERAL) == [] and redis_client.llen(RQ_QUEUE) == 0
 
 
@@ -149,6 +150,6 @@ async def test_a_broken_command_still_answers_the_user(
     def broken(*_args: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(discord_bot.bot.desk, "screen", broken)
+    monkeypatch.setattr(discord_bot.bot.conversations, "verdict", broken)
 
     assert await discord_bot.ephemeral_reply(await discord_bot.ask("hi")) == messages.DISCORD_COMMAND_FAILED

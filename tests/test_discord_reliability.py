@@ -11,10 +11,11 @@ import redis
 from rq.job import Job
 
 from bots.splitting import split_message
-from brandbot import keys, messages
+from brandbot import messages
 from brandbot.contract import DeltaEvent, StartEvent
 from brandbot.settings import Settings
 from tests.conftest import WorkerProcess
+from tests.core_fixtures import inflight_records
 from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
     ALICE,
     GENERAL,
@@ -31,8 +32,6 @@ from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
     scripted_worker,
 )
 from tests.emulators.discord import DiscordEmulator, public
-
-INFLIGHT = keys.inflight("discord")
 
 
 def texts_in(bot: RunningBot) -> list[str]:
@@ -108,7 +107,7 @@ async def test_restart_mid_answer_finishes_it_in_the_same_messages(
             lambda: len(first.messages_in(GENERAL)) == 3 and first.messages_in(GENERAL)
         )
     # The first front-end stopped mid-answer; its records stay, its leases are released.
-    assert redis_client.hlen(INFLIGHT) == 2
+    assert inflight_records(redis_client, "discord") == 2
     scripted_worker.send(channel_answer.request_id, DeltaEvent(text="\n\nThe end."))
     scripted_worker.send(channel_answer.request_id, done(long_text + "\n\nThe end."))
     scripted_worker.send(command_answer.request_id, DeltaEvent(text="ly: yes."), done("Briefly: yes."))
@@ -117,7 +116,7 @@ async def test_restart_mid_answer_finishes_it_in_the_same_messages(
         expected = split_message(long_text + "\n\nThe end.", 2000)
         await discord_emulator.wait_until(lambda: channel_texts(second) == expected)
         assert (await second.final_original(token))["content"] == "Briefly: yes."
-        await discord_emulator.wait_until(lambda: redis_client.hlen(INFLIGHT) == 0)
+        await discord_emulator.wait_until(lambda: inflight_records(redis_client, "discord") == 0)
 
     now = second.messages_in(GENERAL)
     assert [m["id"] for m in now] == [m["id"] for m in shown]  # the same messages, no new ones
@@ -133,7 +132,10 @@ async def test_restart_before_a_worker_took_the_question_still_answers_it(
     base = settings(worker_wait_seconds=30.0)
     async with discord_bot_running(discord_emulator, base) as first:
         await first.mention("anyone home?")
-        await discord_emulator.wait_until(lambda: redis_client.hlen(INFLIGHT) == 1)
+        # The record is written when the question is taken in, before its placeholder shows.
+        await discord_emulator.wait_until(
+            lambda: inflight_records(redis_client, "discord") == 1 and first.messages_in(GENERAL)
+        )
         [placeholder] = first.messages_in(GENERAL)
         assert placeholder["content"] == messages.THINKING
 
@@ -143,7 +145,7 @@ async def test_restart_before_a_worker_took_the_question_still_answers_it(
         await discord_emulator.wait_until(
             lambda: [m["content"] for m in second.messages_in(GENERAL)] == [answer.text.strip() or "…"], 30
         )
-        await discord_emulator.wait_until(lambda: redis_client.hlen(INFLIGHT) == 0)
+        await discord_emulator.wait_until(lambda: inflight_records(redis_client, "discord") == 0)
     [final] = second.messages_in(GENERAL)
     assert final["id"] == placeholder["id"] and not is_in_progress(final["content"])
 
@@ -162,5 +164,5 @@ async def test_an_answer_lost_from_redis_during_a_restart_says_so(
 
     async with discord_bot_running(discord_emulator, settings()) as second:
         await discord_emulator.wait_until(lambda: texts_in(second) == [messages.GENERATION_FAILED])
-        await discord_emulator.wait_until(lambda: redis_client.hlen(INFLIGHT) == 0)
+        await discord_emulator.wait_until(lambda: inflight_records(redis_client, "discord") == 0)
     assert second.messages_in(GENERAL)[0]["id"] == placeholder["id"]

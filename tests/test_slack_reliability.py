@@ -8,6 +8,7 @@ from collections.abc import Callable
 import redis
 
 from brandbot.settings import Settings
+from tests.core_fixtures import inflight_records
 from tests.emulators.slack import SlackEmulator
 from tests.slack_fixtures import answer_with, is_final_answer, scripted_worker, slack_running, visible
 
@@ -93,4 +94,4 @@ async def test_front_end_restarted_mid_answer_finishes_the_same_message(
     assert [answer.ts] == [m.ts for m in streamed_before]  # the same message, finished
     assert visible(answer) == text and is_final_answer(answer)
     assert len(slack.calls_to("chat.startStream")) == 1
-    assert not redis_client.hlen("brandbot:inflight:slack")
+    assert not inflight_records(redis_client, "slack")

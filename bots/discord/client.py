@@ -9,7 +9,6 @@ async with bot:
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -21,11 +20,13 @@ import discord.http
 import yarl
 from discord.ext import commands
 
-from bots.access import AccessRules, RateLimiter
+from bots.access import AccessRules
+from bots.conversation import Conversations, crash_site
+from bots.discord.adapter import Clock, DiscordAdapter, MessageReception
 from bots.discord.commands import BrandbotCommands
-from bots.discord.conversation import addressed_to_bot, conversation_before, question_from_message
-from bots.discord.desk import REDIS_ERRORS, AnswerDesk, Clock, crash_site
-from bots.discord.sinks import NO_PINGS, DeliveryFailed, Sink
+from bots.discord.conversation import addressed_to_bot, question_from_message
+from bots.discord.sinks import NO_PINGS
+from bots.lifecycle import serve_until_signalled
 from brandbot import messages
 from brandbot.errors import SettingsError
 from brandbot.logs import get_logger
@@ -45,8 +46,33 @@ def point_discord_at(settings: Settings) -> None:
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
 
+def guard_parsers(parsers: dict[str, Callable[[Any], None]]) -> None:
+    """A gateway event discord.py cannot parse (missing or mistyped fields) is dropped with one log line.
+
+    Unguarded, the parser's error would end the gateway connection and with it the front-end.
+    """
+
+    def guarded(name: str, parse: Callable[[Any], None]) -> Callable[[Any], None]:
+        def parse_or_drop(data: Any) -> None:
+            try:
+                parse(data)
+            except Exception as error:
+                event_id = data.get("id") if isinstance(data, dict) else None
+                log.warning(
+                    "malformed discord event dropped",
+                    gateway_event=name,
+                    event_id=event_id if isinstance(event_id, str | int) else None,
+                    error_type=type(error).__name__,
+                )
+
+        return parse_or_drop
+
+    for name, parse in list(parsers.items()):
+        parsers[name] = guarded(name, parse)
+
+
 class BrandBot(commands.Bot):
-    """The bot: slash commands from `BrandbotCommands`, messages answered through the `AnswerDesk`."""
+    """The bot: slash commands from `BrandbotCommands`, questions answered by the conversation core."""
 
     def __init__(
         self,
@@ -55,36 +81,42 @@ class BrandBot(commands.Bot):
         queue: RequestQueue,
         prompts: LivePromptLibrary,
         access: Callable[[], AccessRules],
-        rate_limiter: RateLimiter | None,
         clock: Clock,
         **client_options: Any,
     ) -> None:
         intents = discord.Intents.default()
         intents.message_content = True  # privileged: enable it in the developer portal (see README)
         super().__init__(
-            command_prefix=commands.when_mentioned,  # unused: no prefix commands, messages go to the desk
+            command_prefix=commands.when_mentioned,  # unused: no prefix commands, messages go to the core
             help_command=None,
             intents=intents,
             allowed_mentions=NO_PINGS,
             **client_options,
         )
+        guard_parsers(self._connection.parsers)
         self.settings = settings
-        self.desk = AnswerDesk(
-            client=self,
-            settings=settings,
-            queue=queue,
-            prompts=prompts,
-            access=access,
-            rate_limiter=rate_limiter,
-            clock=clock,
+        self.queue = queue
+        self.prompts = prompts
+        self.access = access
+        self.adapter = DiscordAdapter(client=self, clock=clock)
+        self.conversations = Conversations(
+            adapter=self.adapter, settings=settings, queue=queue, prompts=prompts, access=access
         )
         self.tree.error(self.on_app_command_error)
 
     async def setup_hook(self) -> None:
-        await self.add_cog(BrandbotCommands(self.desk))
+        await self.add_cog(
+            BrandbotCommands(
+                conversations=self.conversations,
+                adapter=self.adapter,
+                queue=self.queue,
+                prompts=self.prompts,
+                access=self.access,
+            )
+        )
         if self.settings.discord_sync_commands:
             await self.sync_commands()
-        self.desk.start_housekeeping()  # renews leases; resumes answers a stopped process left behind
+        self.conversations.start_housekeeping()  # renews leases; resumes answers a stopped process left
 
     async def sync_commands(self) -> None:
         """Register the commands: in the configured servers (instant) or globally."""
@@ -109,6 +141,11 @@ class BrandBot(commands.Bot):
         log.info("discord gateway ready", guilds=len(self.guilds))
 
     async def on_message(self, message: discord.Message) -> None:
+        if not isinstance(message.content, str):
+            log.warning(
+                "malformed discord event dropped", gateway_event="MESSAGE_CREATE", message_id=message.id
+            )
+            return
         if self.user is None or not addressed_to_bot(message, self.user):
             return
         await self.answer_message(message)
@@ -116,34 +153,9 @@ class BrandBot(commands.Bot):
     async def answer_message(self, message: discord.Message) -> None:
         """A mention, a reply to the bot, or a DM: answered as a reply to it, once."""
         assert self.user is not None
-        sink = self.desk.channel_sink(channel_id=message.channel.id, reply_to=message.id)
-        try:
-            if not await self.desk.first_time(str(message.id)):
-                log.info("duplicate message ignored", message_id=message.id)
-                return
-        except REDIS_ERRORS:
-            log.warning("redis unreachable, message not taken", message_id=message.id)
-            await self.notify(sink, messages.QUEUE_UNREACHABLE)
-            return
-        question = question_from_message(message, self.user.id, history=[])
-        if not question.text:
-            await self.notify(sink, messages.EMPTY_MENTION)
-            return
-        verdict = self.desk.screen(question)
-        if isinstance(verdict, str):
-            await self.notify(sink, verdict)
-            return
-        try:
-            wait = await self.desk.rate_limit_wait(question.user_id)
-            if wait:
-                if await self.desk.first_rate_notice(question.user_id, wait):
-                    await self.notify(sink, messages.RATE_LIMITED.format(seconds=wait))
-                return
-        except REDIS_ERRORS:
-            await self.notify(sink, messages.QUEUE_UNREACHABLE)
-            return
-        history = await conversation_before(message, self.user.id)
-        self.desk.start(dataclasses.replace(question, history=tuple(history)), verdict, sink)
+        asked = question_from_message(message, self.user.id)
+        reception = MessageReception(self.adapter, message, asked, self.user.id)
+        await self.conversations.take(self.adapter.question(asked), reception)
 
     async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
         """discord.py logs the whole exception, whose message may quote a user: log where it was."""
@@ -154,13 +166,6 @@ class BrandBot(commands.Bot):
             error_type=type(error).__name__,
             at=crash_site(error) if error else "unknown",
         )
-
-    async def notify(self, sink: Sink, text: str) -> None:
-        """A short reply that is not an answer (a refusal, a hint, an outage)."""
-        try:
-            await sink.post(text)
-        except DeliveryFailed as error:
-            log.warning("notice could not be posted", error=str(error))
 
     async def on_app_command_error(
         self, interaction: discord.Interaction, error: discord.app_commands.AppCommandError
@@ -185,7 +190,7 @@ class BrandBot(commands.Bot):
             pass  # the interaction is gone; the log above has it
 
     async def close(self) -> None:
-        await self.desk.shutdown()  # answers in flight are resumed by the next process
+        await self.conversations.shutdown()  # answers in flight are resumed by the next process
         await super().close()
 
 
@@ -195,14 +200,12 @@ def build_discord_bot(
     queue: RequestQueue,
     prompts: LivePromptLibrary,
     access: Callable[[], AccessRules],
-    rate_limiter: RateLimiter | None = None,
     clock: Clock = time.time,
     **client_options: Any,
 ) -> BrandBot:
     """The Discord bot, pointed at the configured Discord; the caller logs in and connects.
 
-    `clock` is wall-clock seconds: interaction tokens expire by it, and in-flight records that another
-    process may resume store times in it (so not `time.monotonic`, which is per machine).
+    `clock` is wall-clock seconds (see `DiscordAdapter`).
     `client_options` go to discord.py's client (e.g. `proxy`, `guild_ready_timeout`).
     """
     point_discord_at(settings)
@@ -211,7 +214,6 @@ def build_discord_bot(
         queue=queue,
         prompts=prompts,
         access=access,
-        rate_limiter=rate_limiter,
         clock=clock,
         **client_options,
     )
@@ -233,8 +235,8 @@ async def run_discord(settings: Settings) -> None:
     )
     log.info("discord front-end starting", api=str(settings.discord_api_url))
     try:
-        async with bot:
-            await bot.start(settings.discord_token.get_secret_value())
+        async with bot:  # closing it stops the relays; their answers resume in the next process
+            await serve_until_signalled(bot.start(settings.discord_token.get_secret_value()))
     except discord.LoginFailure:
         raise SettingsError("BRANDBOT_DISCORD_TOKEN was rejected by Discord") from None
     except discord.PrivilegedIntentsRequired:
@@ -245,3 +247,4 @@ async def run_discord(settings: Settings) -> None:
     finally:
         prompts.stop_watching()
         await queue.close()
+        log.info("discord front-end stopped")

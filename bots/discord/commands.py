@@ -1,26 +1,33 @@
 """Slash commands: `/ask`, `/persona`, and the admins' `/brandbot status` and `/brandbot reload`.
 
-Refusals come before the deferral, so they can be ephemeral (after a public defer the first follow-up
-inherits the public response). Everything before `defer()` is local work or a Redis call with a short
-budget, to stay inside Discord's 3-second window.
+`/ask` goes to the conversation core, which refuses before the deferral, so refusals can be ephemeral
+(after a public defer the first follow-up inherits the public response); before `defer()` it does only
+local work and Redis calls with a short budget, to stay inside Discord's 3-second window.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 from rq import Queue
 
-from bots.access import is_admin
-from bots.discord.conversation import Question, role_ids, thread_parent_id
-from bots.discord.desk import REDIS_ERRORS, AnswerDesk, place_of
+from bots.access import AccessRules, is_admin
+from bots.conversation import Conversations
+from bots.discord.adapter import DiscordAdapter, InteractionReception, tell
+from bots.discord.conversation import DiscordQuestion, role_ids, thread_parent_id
 from bots.discord.sinks import NO_PINGS, clip
+from bots.relay_book import REDIS_ERRORS
 from brandbot import keys, messages
+from brandbot.contract import Platform
 from brandbot.logs import get_logger
+from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.promptfiles.models import Persona
+from brandbot.queue import RequestQueue
 
 log = get_logger(__name__)
 
@@ -35,8 +42,8 @@ CHOICE_NAME_CHARS = 100
 
 def question_from_interaction(
     interaction: discord.Interaction, prompt: str, persona: str | None = None
-) -> Question:
-    return Question(
+) -> DiscordQuestion:
+    return DiscordQuestion(
         event_id=str(interaction.id),
         user_id=str(interaction.user.id),
         display_name=interaction.user.display_name,
@@ -55,18 +62,35 @@ def choice_label(persona: Persona) -> str:
     return label if len(label) <= CHOICE_NAME_CHARS else label[: CHOICE_NAME_CHARS - 1] + "…"
 
 
-async def tell(interaction: discord.Interaction, text: str) -> None:
-    """Answer the interaction so that only the person who ran the command sees it."""
-    await interaction.response.send_message(clip(text), ephemeral=True, allowed_mentions=NO_PINGS)
+def place_of(question: DiscordQuestion) -> dict[str, Any]:
+    """The routing keywords of `PromptLibrary.resolve` / `.choosable` for where `question` was asked."""
+    return {
+        "platform": Platform.DISCORD,
+        "workspace_id": question.guild_id,
+        "channel_id": question.channel_id,
+        "parent_channel_id": question.parent_channel_id,
+    }
 
 
 class BrandbotCommands(commands.Cog):
-    """The slash commands, all backed by one `AnswerDesk`."""
+    """The slash commands; `/ask` is answered by the conversation core."""
 
     admin = app_commands.Group(name="brandbot", description="brandbot administration (admins only)")
 
-    def __init__(self, desk: AnswerDesk) -> None:
-        self.desk = desk
+    def __init__(
+        self,
+        *,
+        conversations: Conversations,
+        adapter: DiscordAdapter,
+        queue: RequestQueue,
+        prompts: LivePromptLibrary,
+        access: Callable[[], AccessRules],
+    ) -> None:
+        self.conversations = conversations
+        self.adapter = adapter
+        self.queue = queue
+        self.prompts = prompts
+        self.access = access
 
     @app_commands.command()
     @app_commands.describe(
@@ -78,34 +102,9 @@ class BrandbotCommands(commands.Cog):
         self, interaction: discord.Interaction, prompt: str, persona: str | None = None, private: bool = False
     ) -> None:
         """Ask brandbot a question; the answer appears here as it is written."""
-        question = question_from_interaction(interaction, prompt, persona)
-        if not question.text:
-            await tell(interaction, messages.DISCORD_EMPTY_ASK)
-            return
-        verdict = self.desk.screen(question)
-        if isinstance(verdict, str):
-            await tell(interaction, verdict)
-            return
-        try:
-            async with asyncio.timeout(REDIS_BUDGET_SECONDS):
-                if not await self.desk.first_time(question.event_id):
-                    log.info("duplicate interaction ignored", interaction_id=question.event_id)
-                    return
-                wait = await self.desk.rate_limit_wait(question.user_id)
-        except (*REDIS_ERRORS, TimeoutError):
-            log.warning("redis unreachable, interaction refused", interaction_id=question.event_id)
-            await tell(interaction, messages.QUEUE_UNREACHABLE)
-            return
-        if wait:
-            await tell(interaction, messages.RATE_LIMITED.format(seconds=wait))
-            return
-        sink = self.desk.interaction_sink(interaction, private=private)
-        try:
-            await interaction.response.defer(thinking=True, ephemeral=private)
-        except discord.HTTPException as error:  # 10062: Discord gave up on this interaction already
-            log.warning("interaction expired before it was deferred", code=error.code)
-            return
-        self.desk.start(question, verdict, sink)
+        asked = question_from_interaction(interaction, prompt, persona)
+        reception = InteractionReception(self.adapter, interaction, asked, private)
+        await self.conversations.take(self.adapter.question(asked), reception)
 
     @ask.autocomplete("persona")
     async def persona_choices(
@@ -116,7 +115,7 @@ class BrandbotCommands(commands.Cog):
         needle = current.casefold().strip()
         return [
             app_commands.Choice(name=choice_label(persona), value=persona.name)
-            for persona in self.desk.prompts.current().choosable(**place)
+            for persona in self.prompts.current().choosable(**place)
             if needle in persona.name.casefold() or needle in persona.display_name.casefold()
         ][:MAX_CHOICES]
 
@@ -124,11 +123,11 @@ class BrandbotCommands(commands.Cog):
     async def show_persona(self, interaction: discord.Interaction) -> None:
         """Show which persona answers in this channel, and why."""
         question = question_from_interaction(interaction, "")
-        refusal = self.desk.refusal(question)
+        refusal = self.conversations.refusal(self.adapter.question(question))
         if refusal is not None:
-            await tell(interaction, refusal)
+            await tell(interaction, refusal.text)
             return
-        library = self.desk.prompts.current()
+        library = self.prompts.current()
         place = place_of(question)
         resolution = library.resolve(**place)
         choosable = [persona.name for persona in library.choosable(**place)]
@@ -143,7 +142,7 @@ class BrandbotCommands(commands.Cog):
         """Requests waiting and workers alive, per model."""
         if not await self._admin(interaction):
             return
-        models = sorted({persona.model for persona in self.desk.prompts.current().personas.values()})
+        models = sorted({persona.model for persona in self.prompts.current().personas.values()})
         try:
             async with asyncio.timeout(REDIS_BUDGET_SECONDS):
                 rows = [(model, *await self._load(model)) for model in models]
@@ -154,8 +153,8 @@ class BrandbotCommands(commands.Cog):
 
     async def _load(self, model: str) -> tuple[int, int]:
         rq_key = Queue.redis_queue_namespace_prefix + keys.model_queue(model)
-        waiting = await self.desk.queue.redis.llen(rq_key)
-        return int(waiting), await self.desk.queue.workers_alive(model)
+        waiting = await self.queue.redis.llen(rq_key)
+        return int(waiting), await self.queue.workers_alive(model)
 
     @admin.command(name="reload")
     async def reload(self, interaction: discord.Interaction) -> None:
@@ -163,16 +162,16 @@ class BrandbotCommands(commands.Cog):
         if not await self._admin(interaction):
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
-        problems = await asyncio.to_thread(self.desk.prompts.reload)
+        problems = await asyncio.to_thread(self.prompts.reload)
         if problems:
             text = messages.discord_reload_rejected(problems)
         else:
-            text = messages.discord_reloaded(len(self.desk.prompts.current().personas))
+            text = messages.discord_reloaded(len(self.prompts.current().personas))
         log.info("prompt reload requested", user_id=interaction.user.id, problems=len(problems))
         await interaction.edit_original_response(content=clip(text), allowed_mentions=NO_PINGS)
 
     async def _admin(self, interaction: discord.Interaction) -> bool:
-        if is_admin(self.desk.access(), str(interaction.user.id)):
+        if is_admin(self.access(), str(interaction.user.id)):
             return True
         log.info("admin command refused", user_id=interaction.user.id)
         await tell(interaction, messages.DISCORD_ADMINS_ONLY)

@@ -8,15 +8,15 @@ turns; everyone else's are user turns with their display name. The worker trims 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import discord
 
 from bots.access import Asker
 from bots.relay import STREAMING_CURSOR
-from bots.turns import merge_answer_parts
-from brandbot import messages
-from brandbot.contract import Role, Turn
+from bots.turns import Said, recent_turns
+from brandbot.contract import Turn
 from brandbot.logs import get_logger
 
 log = get_logger(__name__)
@@ -36,7 +36,7 @@ MENTION = re.compile(r"<@!?(?P<user>\d+)>|<@&(?P<role>\d+)>|<#(?P<channel>\d+)>"
 
 
 @dataclass(frozen=True)
-class Question:
+class DiscordQuestion:
     """One question, from a mention, a reply, a DM or `/ask`, as the front-end needs it."""
 
     event_id: str  # the message or interaction id: what de-duplication remembers
@@ -48,7 +48,6 @@ class Question:
     parent_channel_id: str | None = None  # a thread's channel
     channel_name: str = ""
     role_ids: tuple[str, ...] = ()
-    history: tuple[Turn, ...] = ()
     requested_persona: str | None = None
     message_id: str | None = None  # the question's own message (not for slash commands)
 
@@ -106,8 +105,8 @@ def readable_text(message: discord.Message, bot_user_id: int) -> str:
     return MENTION.sub(readable, message.content).strip()
 
 
-def question_from_message(message: discord.Message, bot_user_id: int, history: list[Turn]) -> Question:
-    return Question(
+def question_from_message(message: discord.Message, bot_user_id: int) -> DiscordQuestion:
+    return DiscordQuestion(
         event_id=str(message.id),
         user_id=str(message.author.id),
         display_name=message.author.display_name,
@@ -117,7 +116,6 @@ def question_from_message(message: discord.Message, bot_user_id: int, history: l
         channel_name=getattr(message.channel, "name", None) or "",
         role_ids=role_ids(message.author),
         text=readable_text(message, bot_user_id),
-        history=tuple(history),
         message_id=str(message.id),
     )
 
@@ -173,23 +171,14 @@ async def referenced_message(
 
 
 def to_turns(earlier: list[discord.Message], bot_user_id: int) -> list[Turn]:
-    """Conversation turns, newest kept within the character budget; an answer's parts become one turn."""
-    turns: list[Turn] = []
-    budget = MAX_CONTEXT_CHARS
-    for message in reversed(earlier):
-        ours = message.author.id == bot_user_id
-        text = readable_text(message, bot_user_id)
-        if ours:
-            text = text.removesuffix(STREAMING_CURSOR.strip()).strip()
-        if not text or (ours and messages.is_bot_notice(text)):
-            continue
-        text = text[:MAX_TURN_CHARS]
-        if len(text) > budget:
-            break
-        budget -= len(text)
-        if ours:
-            turns.append(Turn(role=Role.ASSISTANT, content=text))
-        else:
-            turns.append(Turn(role=Role.USER, content=text, name=message.author.display_name))
-    turns.reverse()
-    return merge_answer_parts(turns)
+    """Conversation turns of earlier messages (see `bots.turns.recent_turns`)."""
+
+    def newest_first() -> Iterator[Said]:
+        for message in reversed(earlier):
+            ours = message.author.id == bot_user_id
+            text = readable_text(message, bot_user_id)
+            if ours:
+                text = text.removesuffix(STREAMING_CURSOR.strip()).strip()
+            yield Said(text, ours, message.author.display_name)
+
+    return recent_turns(newest_first(), max_chars=MAX_CONTEXT_CHARS, max_turn_chars=MAX_TURN_CHARS)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import discord
 from discord.http import Route
 
+from bots.surface import Undeliverable
 from brandbot import messages
 from brandbot.logs import get_logger
 
@@ -43,7 +44,7 @@ ORIGINAL = "original"
 T = TypeVar("T")
 
 
-class DeliveryFailed(Exception):
+class DeliveryFailed(Undeliverable):
     """Discord refused a message of this answer for good (deleted, no permission, or still invalid)."""
 
     def __init__(self, action: str, error: discord.HTTPException) -> None:
@@ -194,6 +195,15 @@ class _AdoptingSink(ABC):
         """Delete adopted messages the finished answer did not need (an earlier render had more parts)."""
         while self.adopt:
             await self._delete(self.adopt.pop())
+
+    async def prepare_resume(self) -> None:  # noqa: B027 - deliberately nothing to do on Discord
+        """Nothing to settle: an adopted message is simply edited again."""
+
+    async def abandon(self) -> None:  # noqa: B027 - deliberately nothing to do on Discord
+        """Nothing to take down: Discord refused the message itself."""
+
+    async def after_answer(self) -> None:  # noqa: B027 - deliberately nothing to do on Discord
+        """No status line to clear."""
 
     async def _changed(self) -> None:
         if self.on_change is not None:

@@ -1,17 +1,15 @@
 """The Slack app: bolt listeners for questions and buttons, on Socket Mode or the HTTP Events API.
 
-Listeners only classify the event and hand it to the desk, so bolt's ack goes out at once and the
-answer runs as a task of its own.
+Listeners only classify the event and hand it to the conversation core (`bots.conversation`), so bolt's
+ack goes out at once and the answer runs as a task of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -25,11 +23,13 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.access import AccessRules
+from bots.conversation import Conversations, EnqueueObserver
+from bots.lifecycle import serve_until_signalled
 from bots.relay import ChannelPacer
+from bots.slack.adapter import SlackAdapter
 from bots.slack.blocks import FEEDBACK_BAD_ACTION, FEEDBACK_GOOD_ACTION, STOP_ACTION
 from bots.slack.controls import Controls
-from bots.slack.desk import EnqueueObserver, SlackDesk
-from bots.slack.events import from_mention, from_message
+from bots.slack.events import from_mention, from_message, slack_id
 from bots.slack.http_mode import serve_http
 from brandbot.feedback import FeedbackStore
 from brandbot.logs import get_logger
@@ -44,9 +44,10 @@ RATE_LIMIT_RETRIES = 3
 
 
 class SlackApp(AsyncApp):
-    """A bolt `AsyncApp` with brandbot's listeners, plus the desk that answers and its background work."""
+    """A bolt `AsyncApp` with brandbot's listeners, plus the conversation core that answers."""
 
-    desk: SlackDesk
+    conversations: Conversations
+    adapter: SlackAdapter
     web_session: aiohttp.ClientSession | None = None
 
     async def start_background(self) -> None:
@@ -55,10 +56,10 @@ class SlackApp(AsyncApp):
             # slack_sdk otherwise opens a connection (and a TLS handshake with Slack) per call.
             self.web_session = aiohttp.ClientSession()
             self.client.session = self.web_session
-        self.desk.start_housekeeping()
+        self.conversations.start_housekeeping()
 
     async def shutdown(self) -> None:
-        await self.desk.shutdown()
+        await self.conversations.shutdown()
         if self.web_session is not None:
             self.client.session = None
             await self.web_session.close()
@@ -99,13 +100,14 @@ def build_slack_app(
     )
     secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
     app = SlackApp(client=client, signing_secret=secret, request_verification_enabled=secret is not None)
-    app.desk = SlackDesk(
-        client=client,
+    app.adapter = SlackAdapter(client=client, settings=settings, redis=queue.redis)
+    app.conversations = Conversations(
+        adapter=app.adapter,
         settings=settings,
         queue=queue,
         prompts=prompts,
         access=access,
-        pacer=pacer or ChannelPacer(settings.edit_interval_seconds),
+        pacer=pacer,
         on_enqueued=on_enqueued,
     )
     controls = Controls(
@@ -114,27 +116,31 @@ def build_slack_app(
         feedback=FeedbackStore(queue.redis, retention_seconds=settings.retention_seconds),
         access=access,
     )
-    _listen_for_questions(app, app.desk)
+    _listen_for_questions(app, prompts)
     _listen_for_buttons(app, controls)
+    _drop_other_events(app)
     return app
 
 
-def _listen_for_questions(app: AsyncApp, desk: SlackDesk) -> None:
+def _listen_for_questions(app: SlackApp, prompts: LivePromptLibrary) -> None:
+    adapter, conversations = app.adapter, app.conversations
+
     @app.event("app_mention")
     async def on_mention(event: dict[str, Any], body: dict[str, Any], context: Any) -> None:
         received_at = time.perf_counter()
-        desk.bot_user_id = context.bot_user_id
-        question = from_mention(event, body, context.bot_user_id)
-        if question is not None:
-            desk.receive(question, received_at=received_at)
+        adapter.bot_user_id = context.bot_user_id
+        asked = from_mention(event, body, context.bot_user_id)
+        if asked is not None:
+            conversations.receive(*adapter.question(asked, received_at=received_at))
 
     @app.event("message")
     async def on_message(event: dict[str, Any], body: dict[str, Any], context: Any) -> None:
         received_at = time.perf_counter()
-        desk.bot_user_id = context.bot_user_id
-        question = from_message(event, body, context.bot_user_id)
-        if question is not None and (question.explicit or desk.followups_allowed()):
-            desk.receive(question, received_at=received_at)
+        adapter.bot_user_id = context.bot_user_id
+        asked = from_message(event, body, context.bot_user_id)
+        # `slack.thread_follow_ups` in routing.yaml, read per message so an edit applies at once.
+        if asked is not None and (asked.explicit or prompts.current().routing.slack.thread_follow_ups):
+            conversations.receive(*adapter.question(asked, received_at=received_at))
 
 
 def _listen_for_buttons(app: AsyncApp, controls: Controls) -> None:
@@ -157,6 +163,15 @@ def _listen_for_buttons(app: AsyncApp, controls: Controls) -> None:
         """The user looks at another channel; answers do not depend on it."""
 
 
+def _drop_other_events(app: AsyncApp) -> None:
+    """Registered last: an event no listener above takes is dropped with one line (bolt would log a
+    multi-line suggestion for each)."""
+
+    @app.event(re.compile(".*"))
+    async def on_other_event(body: dict[str, Any]) -> None:
+        log.info("slack event not handled, dropped", event_id=slack_id(body.get("event_id")))
+
+
 async def run_slack(settings: Settings) -> None:
     """`brandbot slack`: serve Slack (Socket Mode or HTTP, per settings) until interrupted."""
     settings.require("slack_bot_token")
@@ -172,8 +187,7 @@ async def run_slack(settings: Settings) -> None:
     log.info("slack front-end starting", mode=str(settings.slack_mode), api=str(settings.slack_api_url))
     await app.start_background()
     try:
-        with _stop_on_sigterm():
-            await _serve(app, settings)
+        await serve_until_signalled(_serve(app, settings))
     finally:
         await app.shutdown()
         prompts.stop_watching()
@@ -198,17 +212,3 @@ async def _serve(app: SlackApp, settings: Settings) -> None:
         await handler.start_async()
     finally:
         await handler.close_async()
-
-
-@contextlib.contextmanager
-def _stop_on_sigterm() -> Iterator[None]:
-    """SIGTERM (docker stop, Kubernetes) ends like Ctrl-C: leases released, so a successor resumes at once."""
-    task, loop = asyncio.current_task(), asyncio.get_running_loop()
-    if task is None:
-        yield
-        return
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    try:
-        yield
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)

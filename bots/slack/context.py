@@ -13,7 +13,7 @@ import html
 import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
@@ -22,8 +22,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bots.relay import STREAMING_CURSOR
 from bots.slack.events import SlackQuestion
 from bots.slack.sink import SLACK_UNREACHABLE
-from bots.turns import merge_answer_parts
-from brandbot import messages
+from bots.turns import Said, recent_turns
 from brandbot.contract import GenerationRequest, Platform, ReplyTarget, Role, Turn, UserRef
 from brandbot.logs import get_logger
 
@@ -220,28 +219,17 @@ async def _no_name() -> str:
 
 
 def to_turns(history: list[dict[str, Any]], names: dict[str, str], bot_user_id: str | None) -> list[Turn]:
-    """Conversation turns, newest kept within the character budget; an answer's parts become one turn."""
-    turns: list[Turn] = []
-    budget = MAX_CONTEXT_CHARS
-    for message in reversed(history):
-        ours = bool(bot_user_id) and message.get("user") == bot_user_id
-        text = _our_text(message) if ours else readable_text(message.get("text", ""), names, bot_user_id)
-        if (
-            not text
-            or (ours and messages.is_bot_notice(text))
-            or message.get("subtype") not in (None, "thread_broadcast")
-        ):
-            continue
-        text = text[:MAX_TURN_CHARS]
-        if len(text) > budget:
-            break
-        budget -= len(text)
-        if ours:
-            turns.append(Turn(role=Role.ASSISTANT, content=text))
-        else:
-            turns.append(Turn(role=Role.USER, content=text, name=_author(message, names) or None))
-    turns.reverse()
-    return merge_answer_parts(turns)
+    """Conversation turns of a thread's messages (see `bots.turns.recent_turns`)."""
+
+    def newest_first() -> Iterator[Said]:
+        for message in reversed(history):
+            if message.get("subtype") not in (None, "thread_broadcast"):
+                continue
+            ours = bool(bot_user_id) and message.get("user") == bot_user_id
+            text = _our_text(message) if ours else readable_text(message.get("text", ""), names, bot_user_id)
+            yield Said(text, ours, None if ours else _author(message, names))
+
+    return recent_turns(newest_first(), max_chars=MAX_CONTEXT_CHARS, max_turn_chars=MAX_TURN_CHARS)
 
 
 def _our_text(message: dict[str, Any]) -> str:

@@ -30,10 +30,6 @@ ASSISTANT_THREAD_SECONDS = 7 * 86_400
 """How long an assistant thread is remembered as one (its status line and prompts apply there)."""
 
 
-def assistant_thread_key(channel: str, thread_ts: str) -> str:
-    return f"{keys.KEY_PREFIX}:slack:assistant-thread:{channel}:{thread_ts}"
-
-
 class Controls:
     """Handlers behind the buttons; each acts for the person who pressed, never for anyone else."""
 
@@ -106,7 +102,7 @@ class Controls:
             return  # the questions would be refused: offering prompts would only mislead
         try:
             await self.queue.redis.set(
-                assistant_thread_key(channel, thread_ts), b"1", ex=ASSISTANT_THREAD_SECONDS
+                keys.slack_assistant_thread(channel, thread_ts), b"1", ex=ASSISTANT_THREAD_SECONDS
             )
         except REDIS_ERRORS:
             log.warning("redis unreachable, assistant thread not remembered")

@@ -15,6 +15,9 @@ from enum import StrEnum
 from typing import Any
 
 from bots.access import Asker
+from brandbot.logs import get_logger
+
+log = get_logger(__name__)
 
 ANSWERABLE_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
 """Subtypes of what a person writes; everything else (edits, joins, bot posts, deletions) is no question."""
@@ -22,6 +25,21 @@ ANSWERABLE_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
 USER_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
 CROWD_MENTION = re.compile(r"<!(?:here|channel|everyone)(?:\|[^>]*)?>|<!subteam\^[A-Z0-9]+(?:\|[^>]*)?>")
 PLAIN_CROWD = re.compile(r"(?<!\w)@(?:here|channel|everyone)\b", re.IGNORECASE)
+
+TEXT_FIELDS = (
+    "user",
+    "channel",
+    "ts",
+    "text",
+    "thread_ts",
+    "team",
+    "channel_type",
+    "subtype",
+    "client_msg_id",
+)
+"""Fields of a message event that must be strings where present; anything else is a malformed event."""
+
+SLACK_ID = re.compile(r"^[A-Za-z0-9._-]{1,40}$")
 
 
 class Trigger(StrEnum):
@@ -73,6 +91,8 @@ def from_mention(
     event: dict[str, Any], body: dict[str, Any], bot_user_id: str | None
 ) -> SlackQuestion | None:
     """An `app_mention`: a question (maybe empty: the caller answers with a hint) or None."""
+    if _malformed(event, body, required=("user", "channel", "ts")):
+        return None
     if not _written_by_a_person(event, bot_user_id):
         return None
     return _question(Trigger.MENTION, event, body, event.get("thread_ts") or event["ts"])
@@ -82,6 +102,8 @@ def from_message(
     event: dict[str, Any], body: dict[str, Any], bot_user_id: str | None
 ) -> SlackQuestion | None:
     """A `message` event: a DM, or a reply in a thread (the caller checks the bot is part of it)."""
+    if _malformed(event, body, required=() if event.get("subtype") else ("user", "channel", "ts")):
+        return None
     if not _written_by_a_person(event, bot_user_id) or not addressed_text(event.get("text", ""), bot_user_id):
         return None
     if event.get("channel_type") == "im":
@@ -93,6 +115,24 @@ def from_message(
     if _mentions_anyone(event.get("text", "")):
         return None  # the bot's mention arrives as app_mention too; others' mentions are for them
     return _question(Trigger.THREAD_FOLLOWUP, event, body, thread_ts)
+
+
+def _malformed(event: Any, body: dict[str, Any], *, required: tuple[str, ...]) -> bool:
+    """True (after one log line, ids only) if the event cannot be a well-formed message."""
+    well_formed = isinstance(event, dict) and all(
+        isinstance(event.get(name), str)
+        if name in required
+        else event.get(name) is None or isinstance(event.get(name), str)
+        for name in TEXT_FIELDS
+    )
+    if not well_formed:
+        log.warning("malformed slack event dropped", event_id=slack_id(body.get("event_id")))
+    return not well_formed
+
+
+def slack_id(value: object) -> str | None:
+    """`value` if it looks like a Slack id (safe to log), else None."""
+    return value if isinstance(value, str) and SLACK_ID.match(value) else None
 
 
 def _written_by_a_person(event: dict[str, Any], bot_user_id: str | None) -> bool:

@@ -25,9 +25,10 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from bots.relay import STREAMING_CURSOR, StreamingEditor
+from bots.relay import STREAMING_CURSOR
 from bots.safety import neutralize_slack_mentions
 from bots.slack.blocks import Block, block_payload, feedback_buttons, stop_button, text_payload
+from bots.surface import AnswerEditor, Undeliverable
 from brandbot import messages
 from brandbot.logs import get_logger
 
@@ -62,7 +63,7 @@ class Phase(StrEnum):
     NOTICE = "notice"  # an end that is not an answer (error, no worker): text only
 
 
-class DeliveryFailed(Exception):
+class DeliveryFailed(Undeliverable):
     """Slack refused a message of this answer for good (channel gone, message deleted, no permission)."""
 
     def __init__(self, action: str, code: str) -> None:
@@ -70,7 +71,7 @@ class DeliveryFailed(Exception):
         self.code = code
 
 
-class Throttled(Exception):
+class Throttled(Undeliverable):
     """Try again later: Slack still answered `ratelimited` after the client's own retries, or could
     not be reached at all."""
 
@@ -79,7 +80,7 @@ class Throttled(Exception):
         self.retry_after = retry_after
 
 
-class MessageTooLong(Exception):
+class MessageTooLong(Undeliverable):
     """Slack answered `msg_too_long`; the sink has lowered `max_chars`, so render again."""
 
 
@@ -325,7 +326,7 @@ class SlackAnswerSink:
         except SLACK_UNREACHABLE:
             log.info("assistant status not set", error="unreachable")
 
-    async def settle_adopted_stream(self) -> None:
+    async def prepare_resume(self) -> None:
         """After a restart nobody knows what the stream shows: close it; the replay rewrites it whole."""
         if self.content is not None:
             self.content.text = ""
@@ -348,6 +349,10 @@ class SlackAnswerSink:
         """Delete adopted messages the finished answer did not need (an earlier render had more parts)."""
         while self.adopt:
             await self._delete_quietly(self.adopt.pop())
+
+    async def after_answer(self) -> None:
+        if self.place.assistant_thread:
+            await self.set_assistant_status("")
 
     def state(self) -> dict[str, Any]:
         return {
@@ -425,7 +430,7 @@ class SlackAnswerSink:
             await self.on_change()
 
 
-class SlackEditor(StreamingEditor):
+class SlackEditor(AnswerEditor):
     """The shared editor, telling the Slack sink what it renders and riding out Slack's refusals."""
 
     @property

@@ -105,6 +105,7 @@ class SlackEmulator:
         self.assistant_titles: dict[tuple[str, str], str] = {}
         self.suggested_prompts: dict[tuple[str, str], list[Any]] = {}
         self.connections_total = 0  # websocket connections ever accepted (each got a hello)
+        self.latency: dict[str, float] = {}  # seconds a Web API method takes to answer (a slow Slack)
         self._messages: dict[tuple[str, str], Message] = {}
         self._failures: dict[str, list[SlackError]] = {}
         self._sockets: dict[web.WebSocketResponse, web.Request] = {}
@@ -404,6 +405,8 @@ class SlackEmulator:
                     params[key] = json.loads(params[key])
         call = Call(method, params, time.monotonic(), dict(request.headers))
         self.calls.setdefault(method, []).append(call)
+        if self.latency.get(method):
+            await asyncio.sleep(self.latency[method])
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else params.get("token")
         try:
