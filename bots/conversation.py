@@ -320,7 +320,7 @@ class Conversations:
             await editor.start(messages.THINKING)
             return True
         except Undeliverable as error:
-            log.warning("placeholder not shown, question dropped", request_id=request_id, error=str(error))
+            log.warning("placeholder not shown, question dropped", request_id=request_id, error=error)
             return False
 
     async def _enqueue(
@@ -365,7 +365,7 @@ class Conversations:
             await sink.discard_leftovers()
             log.info("reply relayed", request_id=request_id, status=outcome.status, chars=len(outcome.text))
         except Undeliverable as error:
-            log.warning("reply undeliverable, generation stopped", request_id=request_id, error=str(error))
+            log.warning("reply undeliverable, generation stopped", request_id=request_id, error=error)
             await self._cancel_quietly(request_id)
             await sink.abandon()
         except Exception as error:
@@ -425,7 +425,7 @@ class Conversations:
                 await self._finish(request_id)
                 return
         except Undeliverable as error:
-            log.warning("resumed answer could not be shown", request_id=request_id, error=str(error))
+            log.warning("resumed answer could not be shown", request_id=request_id, error=error)
             await self._finish(request_id)
             return
         await self._relay(Accepted(request_id, model, editor, sink))

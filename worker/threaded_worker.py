@@ -212,7 +212,7 @@ class ThreadedWorker:
                 pipe.execute()
             self._on_tick(self.queue.count)
         except (redis.ConnectionError, redis.TimeoutError) as error:
-            log.warning("redis unreachable, heartbeat skipped", error=str(error))
+            log.warning("redis unreachable, heartbeat skipped", error=error)
 
     def _recover_abandoned(self) -> None:
         """Retry jobs whose worker died (their heartbeat expired); one worker per queue does it at a time."""
@@ -227,7 +227,7 @@ class ThreadedWorker:
                 if not self.connection.exists(keys.worker_heartbeat(keys.as_text(name))):
                     self.connection.srem(keys.WORKERS_SET, name)
         except (redis.ConnectionError, redis.TimeoutError) as error:
-            log.warning("redis unreachable, maintenance skipped", error=str(error))
+            log.warning("redis unreachable, maintenance skipped", error=error)
 
     def _drain(self) -> None:
         log.info("draining", in_flight=self.busy_slots(), grace_seconds=self._grace)

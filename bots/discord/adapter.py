@@ -167,7 +167,7 @@ class MessageReception:
         try:
             await self.open_sink("").post(text)
         except DeliveryFailed as error:
-            log.warning("notice could not be posted", error=str(error))
+            log.warning("notice could not be posted", error=error)
 
     async def acknowledge(self) -> bool:
         return True

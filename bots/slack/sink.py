@@ -343,7 +343,7 @@ class SlackAnswerSink:
             try:
                 await cleanup()
             except (DeliveryFailed, Throttled, MessageTooLong) as error:
-                log.info("abandoned answer not cleaned up", error=str(error))
+                log.info("abandoned answer not cleaned up", error=error)
 
     async def discard_leftovers(self) -> None:
         """Delete adopted messages the finished answer did not need (an earlier render had more parts)."""
