@@ -2,7 +2,8 @@
 
 The rules are admin configuration (`slack.access` / `discord.access` in `prompts/routing.yaml`, modelled in
 `brandbot.promptfiles.access`); both platforms share this logic. Block lists win over allow lists; an empty
-allow list allows everyone.
+allow list allows everyone. A direct message cannot prove a channel, server or role, so it is refused
+while rules about those exist, unless `direct_messages: true` says the admin wants DMs answered anyway.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ __all__ = ["AccessRules", "Asker", "RateLimit", "RateLimiter", "Refusal", "check
 
 class Refusal(StrEnum):
     USER = "user"
+    TEAM = "team"
+    EXTERNAL = "external"
     CHANNEL = "channel"
     GUILD = "guild"
     ROLE = "role"
@@ -29,27 +32,40 @@ class Refusal(StrEnum):
 
 @dataclass(frozen=True)
 class Asker:
+    """Who asks, and where, as the platform event shows it."""
+
     user_id: str
     channel_id: str
     guild_id: str | None = None
     role_ids: tuple[str, ...] = ()
     is_direct_message: bool = False
+    team_id: str | None = None
+    """Slack: the asker's own workspace (`user_team`), which differs from the app's for external people."""
+    is_external: bool = False
+    """Slack: the asker belongs to another workspace than the app's (Slack Connect)."""
 
 
 def _listed(value: str | None, allow: list[str], block: list[str]) -> bool:
+    """Not blocked, and allowed; an unknown value (None) passes only where nothing is allow-listed."""
     if value is not None and value in block:
         return False
     return not allow or value in allow
 
 
 def check_access(rules: AccessRules, asker: Asker) -> Refusal | None:
-    """None when the asker may ask here; otherwise what refused them (for logs, not for the user)."""
-    if asker.is_direct_message and not rules.direct_messages:
-        return Refusal.DIRECT_MESSAGES
+    """None when the asker may ask here; otherwise what refused them (for logs, not for the user).
+
+    Who the person is (user, workspace, external) is checked everywhere. A DM then passes or fails as a
+    whole (`AccessRules.answers_direct_messages`): it has no channel, server or role to check."""
     if not _listed(asker.user_id, rules.allow_users, rules.block_users):
         return Refusal.USER
-    in_channel = not asker.is_direct_message
-    if in_channel and not _listed(asker.channel_id, rules.allow_channels, rules.block_channels):
+    if asker.is_external and not rules.allow_external_users:
+        return Refusal.EXTERNAL
+    if not _listed(asker.team_id, rules.allow_teams, rules.block_teams):
+        return Refusal.TEAM
+    if asker.is_direct_message:
+        return None if rules.answers_direct_messages else Refusal.DIRECT_MESSAGES
+    if not _listed(asker.channel_id, rules.allow_channels, rules.block_channels):
         return Refusal.CHANNEL
     if asker.guild_id is not None and not _listed(asker.guild_id, rules.allow_guilds, rules.block_guilds):
         return Refusal.GUILD

@@ -73,3 +73,44 @@ def test_without_native_markdown_long_text_spreads_over_sections() -> None:
     assert words == to_mrkdwn(text).split()  # split on paragraph boundaries, nothing lost
     assert payload["blocks"][-1]["elements"][0]["value"] == "r1:U1"
     assert text_payload("**hi**", native=False) == {"text": "*hi*"}
+
+
+# Adversarial lines, each 240,000 characters: the regex converter took time growing with the square of
+# the line (with the cube for the heading; the nested quote overflowed the stack), i.e. many minutes
+# here, against a fraction of a second for a linear scan. The timeout is the assertion: generous enough
+# for a loaded machine, far below what a quadratic converter needs at this size.
+ADVERSARIAL_SIZE = 240_000
+ADVERSARIAL_LINES = {
+    "unclosed bold": ("**a " * (ADVERSARIAL_SIZE // 4), "**a " * (ADVERSARIAL_SIZE // 4)),
+    # Inside `***`, `**` after a `*` may close bold: pairs of these become bold spans, as they always did.
+    "unclosed bold-italic": ("***a " * (ADVERSARIAL_SIZE // 5), "**a **a " * (ADVERSARIAL_SIZE // 10)),
+    "unclosed underscores": ("__a " * (ADVERSARIAL_SIZE // 4), "__a " * (ADVERSARIAL_SIZE // 4)),
+    "unclosed italic": ("*a " * (ADVERSARIAL_SIZE // 3), "*a " * (ADVERSARIAL_SIZE // 3)),
+    "unclosed underscore": ("_a " * (ADVERSARIAL_SIZE // 3), "_a " * (ADVERSARIAL_SIZE // 3)),
+    "unclosed strike": ("~~a " * (ADVERSARIAL_SIZE // 4), "~~a " * (ADVERSARIAL_SIZE // 4)),
+    "unclosed link labels": ("[a" * (ADVERSARIAL_SIZE // 2), "[a" * (ADVERSARIAL_SIZE // 2)),
+    "unclosed link target": ("[a](" + "x" * ADVERSARIAL_SIZE, "[a](" + "x" * ADVERSARIAL_SIZE),
+    "heading with a long gap": ("# a" + " " * ADVERSARIAL_SIZE + "b", "*a" + " " * ADVERSARIAL_SIZE + "b*"),
+    "deeply nested quote": (">" * ADVERSARIAL_SIZE + "x", "> " * ADVERSARIAL_SIZE + "x"),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", list(ADVERSARIAL_LINES))
+def test_adversarial_markdown_converts_in_linear_time(name: str) -> None:
+    markdown, mrkdwn = ADVERSARIAL_LINES[name]
+    assert to_mrkdwn(markdown) == mrkdwn
+
+
+@pytest.mark.parametrize(
+    ("markdown", "mrkdwn"),
+    [
+        ("``a ` b`` and `c`", "`a ` b` and `c`"),  # a run closes at the next run of its own length
+        ("``not code`", "``not code`"),
+        ("[outer [inner](https://e.com)", "[outer <https://e.com|inner>"),
+        ("> > nested **quote**", "> > nested *quote*"),
+        ("## Title ##", "*Title*"),
+    ],
+)
+def test_code_spans_links_quotes_and_headings_pair_as_commonmark_does(markdown: str, mrkdwn: str) -> None:
+    assert to_mrkdwn(markdown) == mrkdwn

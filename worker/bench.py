@@ -211,19 +211,19 @@ def bench_queue(settings: Settings, jobs: int, echo: Callable[[str], None]) -> t
     raw_worker = SimpleWorker([raw_queue], connection=connection, serializer=JSONSerializer, worker_ttl=16)
     raw_runs: list[QueueRun] = []
 
+    def enqueue_raw(index: int) -> str:
+        return raw_queue.enqueue(f"{__name__}.trivial_job", {"i": index}, result_ttl=600).id
+
     def produce_raw() -> None:
         try:
             raw_runs.append(
-                _measure(
-                    connection,
-                    raw_queue,
-                    lambda i: raw_queue.enqueue(f"{__name__}.trivial_job", {"i": i}, result_ttl=600).id,
-                    jobs,
-                    "raw RQ SimpleWorker, trivial job",
-                )
+                _measure(connection, raw_queue, enqueue_raw, jobs, "raw RQ SimpleWorker, trivial job")
             )
         finally:
+            # RQ looks at a stop request only between jobs: a worker already waiting on the empty queue
+            # would wait forever (it re-blocks every second). One more trivial job wakes it to see it.
             raw_worker._stop_requested = True
+            enqueue_raw(-1)
 
     producer = threading.Thread(target=produce_raw, daemon=True)
     producer.start()

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from slack_bolt.request.internals import extract_actor_team_id, extract_team_id
+
 from bots.access import Asker
 from brandbot.logs import get_logger
 
@@ -60,6 +62,8 @@ class SlackQuestion:
     thread_ts: str  # where the answer goes
     text: str
     dedup_ids: tuple[str, ...]  # every id a retry, replay or twin event of this message carries
+    asker_team_id: str | None = None  # the asker's own workspace (None: Slack did not say)
+    is_external: bool = False  # from another workspace than the app's, in a Slack Connect conversation
 
     @property
     def is_direct_message(self) -> bool:
@@ -77,7 +81,11 @@ class SlackQuestion:
     @property
     def asker(self) -> Asker:
         return Asker(
-            user_id=self.user_id, channel_id=self.channel_id, is_direct_message=self.is_direct_message
+            user_id=self.user_id,
+            channel_id=self.channel_id,
+            is_direct_message=self.is_direct_message,
+            team_id=self.asker_team_id,
+            is_external=self.is_external,
         )
 
 
@@ -160,6 +168,8 @@ def _question(trigger: Trigger, event: dict[str, Any], body: dict[str, Any], thr
         dedup.append(f"event:{body['event_id']}")
     if event.get("client_msg_id"):
         dedup.append(f"client:{event['client_msg_id']}")
+    # slack_bolt's reading of who acts; in Slack Connect, a person whose workspace it cannot name is external.
+    asker_team = extract_actor_team_id(body)
     return SlackQuestion(
         trigger=trigger,
         team_id=body.get("team_id") or event.get("team"),
@@ -169,4 +179,6 @@ def _question(trigger: Trigger, event: dict[str, Any], body: dict[str, Any], thr
         thread_ts=str(thread_ts),
         text=str(event.get("text", "")),
         dedup_ids=tuple(dedup),
+        asker_team_id=asker_team,
+        is_external=body.get("is_ext_shared_channel") is True and asker_team != extract_team_id(body),
     )
