@@ -213,7 +213,7 @@ def _newest_history_that_fits(
     Only measured prompts are accepted, so the result always fits, or is the prompt with no history.
     """
     everything = measure(history)
-    if everything[1] <= budget:
+    if everything[1] <= budget or not history:
         return history, everything
     # Keeping `low` turns fits (or low is 0); keeping more than `high` does not.
     low, high = 0, len(history) - 1
