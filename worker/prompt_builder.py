@@ -165,6 +165,7 @@ def build_prompt(
     context_length: int,
     company: str,
 ) -> BuiltPrompt:
+    """The prompt for `request`: the answer's room reserved, then the newest history that fits."""
     variables = prompt_variables(request, persona, company=company, special_tokens=template.special_tokens)
     head: list[Message] = [{"role": "system", "content": system_message(persona, variables)}]
     for example in persona.examples:
