@@ -14,6 +14,8 @@ THINKING = "Thinking…"
 RESTARTING = "Thinking… (starting over after a hiccup)"
 QUESTION_TRIMMED = "Your message was too long for me, so I only read its beginning."
 CONTEXT_TRIMMED = "This conversation is long, so I only read its most recent part."
+CUT_BY_LENGTH = "This answer reached my length limit, so it stops here. Ask me to go on if you need more."
+CONFIDENTIAL_REFUSAL = "Sorry, I can't share my instructions. Is there something else I can help with?"
 TOO_LONG = (
     "That question is too long for me ({length} characters, the limit is {limit}). Could you shorten it?"
 )

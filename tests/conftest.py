@@ -25,7 +25,8 @@ from pydantic import AnyHttpUrl, SecretStr
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
 from bots.slack import build_slack_app
-from brandbot import keys
+from brandbot import keys, messages
+from brandbot.contract import DoneEvent, FinishReason
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.queue import RequestQueue
 from brandbot.settings import Settings
@@ -294,3 +295,8 @@ def private_redis() -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+
+
+def length_note(done: DoneEvent) -> str:
+    """The note a front-end adds under an answer the worker cut at its length limit (a `length` notice)."""
+    return f"\n\n_{messages.CUT_BY_LENGTH}_" if done.finish_reason is FinishReason.LENGTH else ""

@@ -12,7 +12,7 @@ import redis
 from brandbot import messages
 from brandbot.contract import Role
 from brandbot.settings import Settings
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, length_note
 from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
     ALICE,
     CAROL,
@@ -88,7 +88,7 @@ async def test_ask_shows_thinking_at_once_then_streams_the_answer(
     original = await discord_bot.final_original(token, timeout=60)
     [(request_id, done)] = (await discord_bot.emulator.wait_until(lambda: done_events(redis_client))).items()
     assert discord_bot.emulator.interaction_responses(token) == [{"type": 5}]  # deferred, public
-    assert original["content"] == (done.text.strip() or "…")
+    assert original["content"] == (done.text.strip() or "…") + length_note(done)
     assert original["edit_history"][0]["flags"] & 128  # began as Discord's own "thinking…"
     assert pings_nobody(original)
     assert [m["id"] for m in discord_bot.messages_in(GENERAL)] == [original["id"]]

@@ -14,7 +14,7 @@ from bots.access import AccessRules
 from bots.splitting import split_message
 from brandbot import messages
 from brandbot.contract import Role, Turn
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, length_note
 from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
     ALICE,
     BOB,
@@ -68,7 +68,7 @@ async def test_mention_is_answered_in_a_reply_and_a_reply_to_the_answer_continue
         await discord_bot.emulator.wait_until(lambda: done_events(redis_client))
     ).items()
 
-    assert answer["content"] == (first_done.text.strip() or "…")
+    assert answer["content"] == (first_done.text.strip() or "…") + length_note(first_done)
     assert reference_of(answer) == question["id"] and pings_nobody(answer)
     assert answer["edit_history"][0]["content"] == messages.THINKING
 
@@ -83,7 +83,7 @@ async def test_mention_is_answered_in_a_reply_and_a_reply_to_the_answer_continue
     [second_id] = set(finished) - {first_id}
 
     assert reference_of(second) == follow_up["id"]
-    assert second["content"] == (finished[second_id].text.strip() or "…")
+    assert second["content"] == (finished[second_id].text.strip() or "…") + length_note(finished[second_id])
     turns = queued_request(redis_client, second_id).turns
     expected = [Turn(role=Role.USER, content="how do I reset my password?", name="Alice")]
     if answer["content"] != "…":  # an empty answer is no turn

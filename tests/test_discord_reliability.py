@@ -14,7 +14,7 @@ from bots.splitting import split_message
 from brandbot import messages
 from brandbot.contract import DeltaEvent, StartEvent
 from brandbot.settings import Settings
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, length_note
 from tests.core_fixtures import inflight_records
 from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
     ALICE,
@@ -143,7 +143,11 @@ async def test_restart_before_a_worker_took_the_question_still_answers_it(
     async with discord_bot_running(discord_emulator, base) as second:
         [(_, answer)] = (await discord_emulator.wait_until(lambda: done_events(redis_client), 60)).items()
         await discord_emulator.wait_until(
-            lambda: [m["content"] for m in second.messages_in(GENERAL)] == [answer.text.strip() or "…"], 30
+            lambda: (
+                [m["content"] for m in second.messages_in(GENERAL)]
+                == [(answer.text.strip() or "…") + length_note(answer)]
+            ),
+            30,
         )
         await discord_emulator.wait_until(lambda: inflight_records(redis_client, "discord") == 0)
     [final] = second.messages_in(GENERAL)

@@ -10,7 +10,7 @@ import redis
 from bots.slack.blocks import STOP_ACTION
 from brandbot import keys, messages
 from brandbot.contract import DoneEvent, parse_reply_event
-from tests.conftest import SlackBot, WorkerProcess
+from tests.conftest import SlackBot, WorkerProcess, length_note
 from tests.slack_fixtures import buttons, is_final_answer, settled, visible
 
 log = logging.getLogger("brandbot.tests")
@@ -52,7 +52,7 @@ async def test_mention_gets_placeholder_then_streamed_final_answer_in_thread(
     assert posts[0].params["thread_ts"] == question.ts and posts[0].params["channel"] == "C100"
     [done] = done_events(redis_client).values()
     [reply] = slack_bot.bot_messages("C100", question.ts)
-    assert visible(reply) == (done.text.strip() or "…") and is_final_answer(reply)
+    assert visible(reply) == (done.text.strip() or "…") + length_note(done) and is_final_answer(reply)
     finals = slack.calls_to("chat.stopStream") or slack.calls_to("chat.update")
     assert finals and finals[-1].params["ts"] == reply.ts and buttons(reply)
     log.info(

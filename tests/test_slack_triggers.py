@@ -15,7 +15,7 @@ from bots.slack.context import MAX_CONTEXT_CHARS, MAX_CONTEXT_MESSAGES, MAX_TURN
 from brandbot import messages
 from brandbot.contract import Role
 from brandbot.settings import Settings
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, length_note
 from tests.emulators.slack import SlackEmulator
 from tests.slack_fixtures import (
     MODEL_QUEUE,
@@ -48,7 +48,8 @@ async def test_direct_message_needs_no_mention_and_is_answered_in_its_thread(
 
     assert answer.thread_ts == question.ts and is_final_answer(answer)
     [request] = queued_requests(redis_client)
-    assert visible(answer) == (done_of(redis_client, request.request_id) or done("")).text.strip()
+    finished = done_of(redis_client, request.request_id) or done("")
+    assert visible(answer) == finished.text.strip() + length_note(finished)
     assert request.turns[-1].content == "how do I reset my password?"
     assert (request.target.channel_id, request.target.thread_id) == ("D100", question.ts)
     assert request.channel_name == ""  # the template says "a direct message"

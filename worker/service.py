@@ -29,6 +29,7 @@ from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.promptfiles.models import Persona
 from brandbot.templating import ChatTemplate
 from worker.engines.base import Engine, GenerationStream, SamplingSettings
+from worker.leak_guard import LeakGuard
 from worker.metrics import WorkerMetrics
 from worker.prompt_builder import build_prompt, prompt_variables, system_message
 from worker.replies import ReplyPublisher
@@ -126,11 +127,12 @@ class ReplyService:
         )
         deadline = request.limits.deadline_seconds or self.deadline_seconds
         stream = self.engine.submit(built.text, sampling, deadline_seconds=deadline)
+        guard = LeakGuard(built.confidential_text) if built.confidential_text else None
         with self._lock:
             self._streams[request.request_id] = stream
         self.metrics.job_started()
         try:
-            tail = self._relay(request.request_id, attempt, stream)
+            tail = self._relay(request.request_id, attempt, stream, guard)
         except Exception as error:
             bound.error("generation failed", error_type=type(error).__name__)
             self.metrics.outcome("error", ErrorKind.ENGINE)
@@ -139,7 +141,7 @@ class ReplyService:
             with self._lock:
                 self._streams.pop(request.request_id, None)
             self.metrics.job_ended()
-        result = stream.result
+        result = stream.result if guard is None or stream.result is None else guard.screened(stream.result)
         assert result is not None
         shutdown_cut = result.finish_reason is FinishReason.CANCELLED and self.draining
         if shutdown_cut and attempt < max_attempts and not self._cancel_flag_set(request):
@@ -153,6 +155,8 @@ class ReplyService:
         # Stored before `done` goes out, so a rating given the moment the answer shows finds it.
         self._record_for_feedback(request, persona, result.text, bound)
         done = DoneEvent(attempt=attempt, text=result.text, finish_reason=result.finish_reason, usage=usage)
+        if result.finish_reason is FinishReason.LENGTH:
+            tail.append(NoticeEvent(attempt=attempt, code="length", message=messages.CUT_BY_LENGTH))
         self.publisher.publish(request.request_id, *tail, done)
         self.metrics.finished(result)
         bound.info(
@@ -188,18 +192,29 @@ class ReplyService:
         except redis.RedisError as error:
             bound.warning("answer not kept for feedback", error_type=type(error).__name__)
 
-    def _relay(self, request_id: str, attempt: int, stream: GenerationStream) -> list[DeltaEvent]:
-        """Publish deltas as they come (batched a little); return the last batch, to go out with `done`."""
+    def _relay(
+        self, request_id: str, attempt: int, stream: GenerationStream, guard: LeakGuard | None = None
+    ) -> list[DeltaEvent | NoticeEvent]:
+        """Publish deltas as they come (batched a little); return the last batch, to go out with `done`.
+
+        A confidential persona's `guard` holds back what may quote its instructions and stops a quote.
+        """
         pending: list[str] = []
         next_flush = time.monotonic() + DELTA_BATCH_SECONDS
         next_cancel_check = time.monotonic() + CANCEL_POLL_SECONDS
         while True:
             delta = stream.next_delta(timeout=DELTA_BATCH_SECONDS)
             now = time.monotonic()
+            if delta and guard is not None:
+                delta = guard.feed(delta)
+                if guard.leaked:
+                    stream.cancel()
             if delta:
                 pending.append(delta)
             if delta is None:
-                return [DeltaEvent(attempt=attempt, text="".join(pending))] if pending else []
+                pending.append(guard.finish() if guard is not None else "")
+                text = "".join(pending)
+                return [DeltaEvent(attempt=attempt, text=text)] if text else []
             if pending and now >= next_flush:
                 self.publisher.publish(request_id, DeltaEvent(attempt=attempt, text="".join(pending)))
                 pending.clear()

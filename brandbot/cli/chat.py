@@ -46,7 +46,6 @@ HELP = (
 )
 STOPPED = "(stopped)"
 CUT_SHORT = "(the answer was cut short: the generation deadline was reached)"
-TOO_LONG_ANSWER = "(the answer reached its length limit)"
 RESTARTING = "\n(the worker restarted; starting the answer over)\n"
 
 
@@ -197,8 +196,6 @@ class ChatSession:
         endings = {FinishReason.DEADLINE: CUT_SHORT, FinishReason.CANCELLED: STOPPED}
         if event.finish_reason in endings:
             self.say(endings[event.finish_reason])
-        elif event.finish_reason is FinishReason.LENGTH:
-            self.say(TOO_LONG_ANSWER)
         for notice in notices:
             self.say(f"(note: {notice})")
 

@@ -81,6 +81,13 @@ class PersonaFile(_Strict):
     refusal: str = Field(
         "", description="What to say about off-limits topics; added to the system message (a template)."
     )
+    confidential: bool = Field(
+        False,
+        description=(
+            "Stop an answer that starts quoting the system prompt or voice rules word for word, and say"
+            " the confidential-refusal line instead. A deterrent, not a vault: see prompts/README.md."
+        ),
+    )
     lora: str | None = Field(
         None,
         min_length=1,
