@@ -329,3 +329,24 @@ def test_hostile_yaml_is_a_problem_never_a_crash(folder: Path, text: str, proble
     write(folder, "personas/default.yaml", text)
     [found] = problems(folder)
     assert found.startswith(f"{folder}/personas/default.yaml:") and problem in found
+
+
+def _inline_comments(node: object) -> list[str]:
+    """End-of-line comments ruamel attached to mapping values or list items (text YAML silently cut off)."""
+    found: list[str] = []
+    items = getattr(getattr(node, "ca", None), "items", {})
+    for tokens in items.values():
+        found += [t.value.strip() for t in tokens if t is not None and "#" in getattr(t, "value", "")]
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
+    for child in children:
+        found += _inline_comments(child)
+    return found
+
+
+@pytest.mark.parametrize("persona_file", sorted((REPO / "prompts" / "personas").glob("*.yaml")), ids=str)
+def test_shipped_personas_lose_no_text_to_an_unquoted_hash(persona_file: Path) -> None:
+    """`ask in #eng-help` unquoted is a YAML comment: the rest of the refusal would vanish."""
+    from ruamel.yaml import YAML
+
+    document = YAML().load(persona_file.read_text())
+    assert _inline_comments(document) == []
