@@ -42,7 +42,7 @@ SYNC_POOL_CONNECTIONS = 4
 POOL_WAIT_SECONDS = 10.0
 """How long a command waits for a free pooled connection before it counts as Redis being unavailable."""
 
-SOCKET_TIMEOUT_SECONDS = 5.0
+SOCKET_TIMEOUT_SECONDS = 10.0
 """A read with no reply this long means a silent partition; above the reader's XREAD block time."""
 
 CLIENT_NAME = "brandbot-front-end"
@@ -120,6 +120,11 @@ class RequestQueue:
     @property
     def redis(self) -> redis.asyncio.Redis:
         return self._async
+
+    @property
+    def following(self) -> int:
+        """Reply streams this process follows right now (answers being relayed)."""
+        return self._streams.following
 
     @property
     def deadline_seconds(self) -> float:

@@ -49,7 +49,7 @@ LANES = 4
 BLOCK_MS = 250
 """How long one XREAD waits for news; a newly followed stream joins its lane's next read."""
 
-ENTRIES_PER_STREAM = 100
+ENTRIES_PER_STREAM = 20
 """At most this many entries of one stream per XREAD (a long answer is read in a few rounds)."""
 
 JOB_CHECK_SECONDS = 3.0

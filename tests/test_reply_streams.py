@@ -24,6 +24,7 @@ from tests.conftest import TEST_REDIS_URL, PrivateRedis, free_port
 from worker.replies import ReplyPublisher
 
 TEST_CLIENT = "brandbot-test"
+TEST_DB = int(TEST_REDIS_URL.rsplit("/", 1)[1])
 
 
 class ChatTranscript:
@@ -117,7 +118,8 @@ async def test_five_hundred_answers_are_relayed_at_once_through_few_connections(
         lambda: all(chat.messages.get("1", "").startswith("half") for chat in chats.values()),
         "every relay to show its first half",
     )
-    connections_while_relaying = connections_on_db(test_client, int(TEST_REDIS_URL.rsplit("/", 1)[1]))
+    connections_while_relaying = connections_on_db(test_client, TEST_DB)
+    named_connections = front_end_connections(test_client)
     for request_id in chats:
         publisher.publish(request_id, done(f"answer of {request_id}"))
     outcomes = await asyncio.wait_for(asyncio.gather(*relays), timeout=120)
@@ -126,6 +128,7 @@ async def test_five_hundred_answers_are_relayed_at_once_through_few_connections(
     assert [outcome.status for outcome in outcomes] == ["done"] * 500
     assert [chat.messages for chat in chats.values()] == [{"1": f"answer of {r}"} for r in chats]
     assert connections_while_relaying <= 16
+    assert 1 <= named_connections <= connections_while_relaying  # CLIENT LIST names them for operators
 
 
 async def test_a_burst_of_commands_waits_for_a_free_connection_instead_of_failing(
@@ -133,7 +136,7 @@ async def test_a_burst_of_commands_waits_for_a_free_connection_instead_of_failin
 ) -> None:
     queue = RequestQueue(redis_url=TEST_REDIS_URL, retention_seconds=60, deadline_seconds=30)
     await asyncio.gather(*(queue.cancel(f"burst{i}") for i in range(300)))
-    assert front_end_connections(test_client) <= 16
+    assert connections_on_db(test_client, TEST_DB) <= 16
     assert len(list(test_client.scan_iter(match=keys.cancel_flag("burst*")))) == 300
     await queue.close()
 
