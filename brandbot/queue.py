@@ -51,11 +51,14 @@ CLIENT_NAME = "brandbot-front-end"
 
 @contextlib.contextmanager
 def unavailable_on_outage() -> Iterator[None]:
-    """Redis unreachable, out of memory or read-only (after a failover): `QueueUnavailable`."""
+    """Redis unreachable, out of memory or read-only (after a failover): `QueueUnavailable`.
+
+    Only the error's type travels on: redis-py's messages quote the failed command, job payload included.
+    """
     try:
         yield
     except REDIS_OUTAGE as error:
-        raise QueueUnavailable(f"{type(error).__name__}: {error}") from error
+        raise QueueUnavailable(f"redis unavailable ({type(error).__name__})") from None
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,10 @@ class Enqueued:
 
 class RequestQueue:
     """Puts requests on a model's queue and reads their replies.
+
+    Replies of every answer the process relays come through one reader (`brandbot.streams`), and all
+    its Redis traffic through two bounded pools: at most `ASYNC_POOL_CONNECTIONS` +
+    `SYNC_POOL_CONNECTIONS` connections, whatever the load.
 
     ```python
     queue = RequestQueue(redis_url="redis://127.0.0.1:6379/0", retention_seconds=86400, deadline_seconds=120)

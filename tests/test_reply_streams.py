@@ -286,14 +286,19 @@ async def test_reader_gives_up_once_redis_stays_away_past_the_ride_out(
     await queue.close()
 
 
-async def test_enqueue_on_a_redis_out_of_memory_is_queue_unavailable(durable_redis: PrivateRedis) -> None:
+@pytest.mark.parametrize("fault", ["out of memory", "read-only after a failover"])
+async def test_enqueue_on_a_redis_that_refuses_writes_is_queue_unavailable(
+    durable_redis: PrivateRedis, fault: str
+) -> None:
     admin = redis.Redis.from_url(durable_redis.url)
-    admin.config_set("maxmemory", 1)
-    admin.config_set("maxmemory-policy", "noeviction")
+    if fault == "out of memory":
+        admin.config_set("maxmemory", 1)
+        admin.config_set("maxmemory-policy", "noeviction")
+    else:
+        admin.replicaof("127.0.0.1", free_port())  # now a replica (of nothing): it refuses writes
     queue = RequestQueue(redis_url=durable_redis.url, retention_seconds=60, deadline_seconds=30)
-    request = question("no-room")
     with pytest.raises(QueueUnavailable):
-        await queue.enqueue(request, model="default")
+        await queue.enqueue(question("no-room"), model="default")
     with pytest.raises(QueueUnavailable):
         await queue.cancel("no-room")
     await queue.close()
