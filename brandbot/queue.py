@@ -182,8 +182,9 @@ class RequestQueue:
     ) -> AsyncIterator[tuple[str, ReplyEvent | None]]:
         """Yield `(stream id, event)` as the worker appends them; `(last id, None)` on each idle tick.
 
-        Raises `QueueUnavailable` once Redis stayed unreachable past the ride-out window and, with
-        `watch_job`, `brandbot.streams.ReplyLost` once RQ gave up on the job or it vanished.
+        Raises `QueueUnavailable` once Redis stayed unreachable past the ride-out window, and
+        `brandbot.streams.ReplyLost` when the stream's key holds something else or, with `watch_job`,
+        once RQ gave up on the job or it vanished.
         """
         last_id = after
         async with self._streams.follow(request_id, after=after, watch_job=watch_job) as follower:

@@ -196,10 +196,10 @@ class ReplyStreams:
             await self._read_forever(lane)
         except Exception as error:
             # A bug, not an outage: its followers must not wait for entries that will never come.
+            # The next answer followed in this lane starts a new reader.
             log.exception("reply stream reader failed", following=len(lane.followers))
             for follower in list(lane.followers):
                 follower.end(error)
-            raise
 
     async def _read_forever(self, lane: _Lane) -> None:
         outage_since: float | None = None
@@ -233,6 +233,11 @@ class ReplyStreams:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, RETRY_MAX_SECONDS)
                 continue
+            except redis.ResponseError:
+                # One key that is not a stream fails the whole XREAD: drop its follower, keep the rest.
+                if not await self._drop_unreadable(list(lane.followers)):
+                    raise
+                continue
             if outage_since is not None:
                 log.info("redis reachable again, reply streams resumed", following=len(lane.followers))
                 outage_since, backoff = None, RETRY_FIRST_SECONDS
@@ -264,6 +269,20 @@ class ReplyStreams:
                     continue
                 for follower in by_stream.get(stream, []):
                     follower.deliver(entry_id, event)
+
+    async def _drop_unreadable(self, followers: list[Follower]) -> bool:
+        """End the followers whose stream key holds something else; False if there was none."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for follower in followers:
+                pipe.type(follower.stream)
+            types: list[Any] = await pipe.execute()
+        dropped = False
+        for follower, kind in zip(followers, types, strict=True):
+            if keys.as_text(kind) not in ("stream", "none") and not follower.ended:
+                log.warning("reply stream key is not a stream", request_id=follower.request_id)
+                follower.end(ReplyLost(follower.request_id, "its reply stream key holds another type"))
+                dropped = True
+        return dropped
 
     async def _check_jobs(self, followers: list[Follower]) -> None:
         """Tell each follower whose job no worker will run again (after draining its stream)."""

@@ -102,7 +102,10 @@ async def test_redis_restart_mid_answers_leaves_twenty_complete_answers(
     slack_emulator: SlackEmulator,
     settings: Callable[..., Settings],
     start_worker: Callable[..., WorkerProcess],
+    prompts_dir: Path,
 ) -> None:
+    persona = prompts_dir / "personas" / "default.yaml"
+    persona.write_text(persona.read_text().replace("max_new_tokens: 256", "max_new_tokens: 96"))
     base = settings(redis_url=durable_redis.url, edit_interval_seconds=0.5)
     worker = start_worker(redis_url=durable_redis.url, wait=False)
     wait_for_worker(redis.Redis.from_url(durable_redis.url), worker.process, worker.log_path)

@@ -20,6 +20,7 @@ from brandbot import keys, messages
 from brandbot.contract import DeltaEvent, DoneEvent, FinishReason, GenerationRequest, StartEvent, Usage
 from brandbot.errors import QueueUnavailable
 from brandbot.queue import CLIENT_NAME, RequestQueue
+from brandbot.streams import ReplyLost
 from tests.conftest import TEST_REDIS_URL, PrivateRedis, free_port
 from worker.replies import ReplyPublisher
 
@@ -219,6 +220,34 @@ async def test_relay_whose_lease_is_lost_stops_without_touching_the_chat(test_cl
 
     assert outcome.status == "lost_lease"
     assert chat.calls == calls_before
+
+
+async def test_a_reply_key_of_the_wrong_type_ends_only_its_own_answer(test_client: redis.Redis) -> None:
+    queue = RequestQueue(redis_url=TEST_REDIS_URL, retention_seconds=60, deadline_seconds=30)
+    publisher = ReplyPublisher(test_client, retention_seconds=60)
+    test_client.set(keys.reply_stream("clobbered"), "not a stream")  # bad data where a stream should be
+    outcomes: dict[str, object] = {}
+
+    async def follow(request_id: str) -> None:
+        try:
+            async for _id, event in queue.events(request_id, block_ms=200):
+                if isinstance(event, DoneEvent):
+                    outcomes[request_id] = event.text
+                    return
+        except ReplyLost as lost:
+            outcomes[request_id] = lost
+
+    # More answers than lanes, so the clobbered one shares its XREAD with healthy ones.
+    request_ids = ["clobbered", *(f"healthy{index}" for index in range(8))]
+    followers = [asyncio.create_task(follow(request_id)) for request_id in request_ids]
+    await asyncio.sleep(0.5)
+    for request_id in request_ids[1:]:
+        publisher.publish(request_id, done(f"answer of {request_id}"))
+    await asyncio.wait_for(asyncio.gather(*followers), timeout=30)
+    await queue.close()
+
+    assert isinstance(outcomes.pop("clobbered"), ReplyLost)
+    assert outcomes == {request_id: f"answer of {request_id}" for request_id in request_ids[1:]}
 
 
 def test_channel_pacer_forgets_channels_whose_turn_has_passed() -> None:
