@@ -360,7 +360,7 @@ class Conversations:
                 worker_wait_seconds=self.settings.worker_wait_seconds,
                 still_held=lambda: self.book.holds(request_id),
             )
-            if outcome.status == "lost":
+            if outcome.status == "lost_lease":
                 return  # the process that holds the lease now finishes it
             await sink.discard_leftovers()
             log.info("reply relayed", request_id=request_id, status=outcome.status, chars=len(outcome.text))

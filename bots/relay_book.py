@@ -29,6 +29,7 @@ from bots.inflight import InflightRequests
 from brandbot import keys
 from brandbot.errors import QueueUnavailable
 from brandbot.logs import get_logger
+from brandbot.streams import REDIS_OUTAGE
 
 LEASE_SECONDS = 20
 """A relaying process renews its leases well within this; a crashed one's answers resume after it."""
@@ -39,7 +40,7 @@ HOUSEKEEPING_SECONDS = LEASE_SECONDS / 4
 SEEN_SECONDS = 3600
 """An event or message id is remembered this long: Slack retries for minutes and replays after reconnects."""
 
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, QueueUnavailable)
+REDIS_ERRORS = (*REDIS_OUTAGE, QueueUnavailable)
 
 log = get_logger(__name__)
 

@@ -51,9 +51,15 @@ WORKER_HEALTH_CHECK_SECONDS = 15
 """An idle worker connection is pinged before reuse after this long (a failover or a restart drops it)."""
 
 
-def sync_client(settings: Settings, **options: Any) -> redis.Redis:
-    """A blocking client; `options` are redis-py pool and connection options (timeouts, pool size)."""
+def sync_client(settings: Settings, *, pool_wait_seconds: float | None = None, **options: Any) -> redis.Redis:
+    """A blocking client; `options` are redis-py pool and connection options (timeouts, pool size).
+
+    `pool_wait_seconds`: a full pool makes a command wait this long for a free connection instead of failing
+    at once (a bounded pool under a burst). Sentinel pools cannot wait: with Sentinel the pool is unbounded.
+    """
     if settings.redis_sentinels:
+        if pool_wait_seconds is not None:
+            options.pop("max_connections", None)
         sentinel = redis.sentinel.Sentinel(
             _sentinel_addresses(settings),
             sentinel_kwargs=_sentinel_options(settings),
@@ -67,12 +73,22 @@ def sync_client(settings: Settings, **options: Any) -> redis.Redis:
             failover_wait_seconds=settings.redis_failover_wait_seconds,
             **options,
         )
+    if pool_wait_seconds is not None:
+        return redis.Redis(
+            connection_pool=redis.BlockingConnectionPool.from_url(
+                settings.redis_url, timeout=pool_wait_seconds, **_tls_options(settings), **options
+            )
+        )
     return redis.Redis.from_url(settings.redis_url, **_tls_options(settings), **options)
 
 
-def async_client(settings: Settings, **options: Any) -> redis.asyncio.Redis:
+def async_client(
+    settings: Settings, *, pool_wait_seconds: float | None = None, **options: Any
+) -> redis.asyncio.Redis:
     """The asyncio twin of `sync_client`, for the front-ends' event loops."""
     if settings.redis_sentinels:
+        if pool_wait_seconds is not None:
+            options.pop("max_connections", None)
         sentinel = redis.asyncio.sentinel.Sentinel(
             _sentinel_addresses(settings),
             sentinel_kwargs=_sentinel_options(settings),
@@ -87,6 +103,12 @@ def async_client(settings: Settings, **options: Any) -> redis.asyncio.Redis:
             ),
             failover_wait_seconds=settings.redis_failover_wait_seconds,
             **options,
+        )
+    if pool_wait_seconds is not None:
+        return redis.asyncio.Redis.from_pool(
+            redis.asyncio.BlockingConnectionPool.from_url(
+                settings.redis_url, timeout=pool_wait_seconds, **_tls_options(settings), **options
+            )
         )
     return redis.asyncio.Redis.from_url(settings.redis_url, **_tls_options(settings), **options)
 

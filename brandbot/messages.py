@@ -21,6 +21,8 @@ TOO_LONG = (
 )
 RATE_LIMITED = "You're asking faster than I can keep up. Please wait {seconds} seconds and try again."
 NOT_ALLOWED = "Sorry, I'm not allowed to answer here."
+ANSWER_LOST = "Sorry, something went wrong on my side and I couldn't finish that answer. Please ask again."
+ANSWER_TIMED_OUT = "Sorry, that answer took far too long, so I stopped it. Please try again."
 
 
 # What the bot says while it works or cannot answer: never part of a conversation's context.
@@ -35,6 +37,8 @@ BOT_NOTICES = frozenset(
         BAD_REQUEST,
         PERSONA_UNAVAILABLE,
         NOT_ALLOWED,
+        ANSWER_LOST,
+        ANSWER_TIMED_OUT,
     }
 )
 

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 import redis.asyncio
 from rq import Queue, Retry
+from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from brandbot import connections, keys
-from brandbot.contract import GenerationRequest, ReplyEvent, parse_reply_event
+from brandbot.contract import GenerationRequest, ReplyEvent
 from brandbot.errors import QueueUnavailable
 from brandbot.settings import Settings
+from brandbot.streams import REDIS_OUTAGE, RIDE_OUT_SECONDS, Follower, ReplyStreams
 
 JOB_FUNCTION = "worker.job.generate_reply"
 """The RQ job every request runs; workers import it by this name."""
@@ -27,9 +30,35 @@ JOB_TIMEOUT_MARGIN_SECONDS = 30
 """RQ's own timeout sits above the engine's deadline, which ends generation cleanly first."""
 
 STREAM_BLOCK_MS = 1000
+"""`events()` yields an idle tick after this long without news (the reader itself blocks `BLOCK_MS`)."""
 
-ASYNC_POOL_CONNECTIONS = 4096
-"""Redis connections one front-end process may open (each answer being relayed holds one)."""
+ASYNC_POOL_CONNECTIONS = 12
+"""Redis connections the front-end's async client may open: the stream reader's lanes plus commands.
+Answers being relayed no longer hold one each (`brandbot.streams`); a command waits for a free one."""
+
+SYNC_POOL_CONNECTIONS = 4
+"""Connections of the blocking client RQ needs for enqueueing (run in threads)."""
+
+POOL_WAIT_SECONDS = 10.0
+"""How long a command waits for a free pooled connection before it counts as Redis being unavailable."""
+
+SOCKET_TIMEOUT_SECONDS = 10.0
+"""A read with no reply this long means a silent partition; above the reader's XREAD block time."""
+
+CLIENT_NAME = "brandbot-front-end"
+"""Shown by `CLIENT LIST`, so an operator (and the benchmark) can count a front-end's connections."""
+
+
+@contextlib.contextmanager
+def unavailable_on_outage() -> Iterator[None]:
+    """Redis unreachable, out of memory or read-only (after a failover): `QueueUnavailable`.
+
+    Only the error's type travels on: redis-py's messages quote the failed command, job payload included.
+    """
+    try:
+        yield
+    except REDIS_OUTAGE as error:
+        raise QueueUnavailable(f"redis unavailable ({type(error).__name__})") from None
 
 
 @dataclass(frozen=True)
@@ -40,6 +69,10 @@ class Enqueued:
 
 class RequestQueue:
     """Puts requests on a model's queue and reads their replies.
+
+    Replies of every answer the process relays come through one reader (`brandbot.streams`), and all
+    its Redis traffic through two bounded pools: at most `ASYNC_POOL_CONNECTIONS` +
+    `SYNC_POOL_CONNECTIONS` connections, whatever the load.
 
     ```python
     queue = RequestQueue.from_settings(settings)
@@ -56,43 +89,54 @@ class RequestQueue:
         async_client: redis.asyncio.Redis,
         retention_seconds: int,
         deadline_seconds: float,
+        ride_out_seconds: float = RIDE_OUT_SECONDS,
     ) -> None:
         self._retention = retention_seconds
         self._deadline = deadline_seconds
         self._sync = sync_client
         self._async = async_client
+        self._streams = ReplyStreams(self._async, ride_out_seconds=ride_out_seconds)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RequestQueue:
+    def from_settings(cls, settings: Settings, *, ride_out_seconds: float = RIDE_OUT_SECONDS) -> RequestQueue:
+        pool: dict[str, Any] = {
+            "pool_wait_seconds": POOL_WAIT_SECONDS,
+            "socket_timeout": SOCKET_TIMEOUT_SECONDS,
+            "socket_connect_timeout": 2,
+            "health_check_interval": 15,
+            "client_name": CLIENT_NAME,
+        }
         return cls(
-            sync_client=connections.sync_client(
-                settings, socket_timeout=5, socket_connect_timeout=2, health_check_interval=15
-            ),
-            # Every relayed answer holds a connection while it waits on its stream: redis-py's default
-            # cap (100) would turn a busy minute into "too many connections" errors.
-            async_client=connections.async_client(
-                settings,
-                max_connections=ASYNC_POOL_CONNECTIONS,
-                socket_connect_timeout=2,
-                health_check_interval=15,
-            ),
+            sync_client=connections.sync_client(settings, max_connections=SYNC_POOL_CONNECTIONS, **pool),
+            async_client=connections.async_client(settings, max_connections=ASYNC_POOL_CONNECTIONS, **pool),
             retention_seconds=settings.retention_seconds,
             deadline_seconds=settings.generation_deadline_seconds,
+            ride_out_seconds=ride_out_seconds,
         )
 
     @property
     def redis(self) -> redis.asyncio.Redis:
         return self._async
 
+    @property
+    def following(self) -> int:
+        """Reply streams this process follows right now (answers being relayed)."""
+        return self._streams.following
+
+    @property
+    def deadline_seconds(self) -> float:
+        """The workers' generation deadline (a request may carry a shorter one)."""
+        return self._deadline
+
     async def close(self) -> None:
+        await self._streams.close()
         await self._async.aclose()
         self._sync.close()
+        self._sync.connection_pool.disconnect()
 
     async def enqueue(self, request: GenerationRequest, *, model: str) -> Enqueued:
-        try:
+        with unavailable_on_outage():
             return await asyncio.to_thread(self._enqueue_blocking, request, model)
-        except (redis.ConnectionError, redis.TimeoutError) as error:
-            raise QueueUnavailable(str(error)) from error
 
     def _enqueue_blocking(self, request: GenerationRequest, model: str) -> Enqueued:
         queue = Queue(keys.model_queue(model), connection=self._sync, serializer=JSONSerializer)
@@ -112,40 +156,60 @@ class RequestQueue:
         )
         return Enqueued(request_id=request.request_id, ahead=max(queue.count - 1, 0))
 
+    def follow(
+        self, request_id: str, *, after: str = "0-0", watch_job: bool = True
+    ) -> contextlib.AbstractAsyncContextManager[Follower]:
+        """Follow a reply stream through the process's one reader (`brandbot.streams.ReplyStreams`)."""
+        return self._streams.follow(request_id, after=after, watch_job=watch_job)
+
     async def events(
-        self, request_id: str, *, after: str = "0-0", block_ms: int = STREAM_BLOCK_MS
+        self,
+        request_id: str,
+        *,
+        after: str = "0-0",
+        block_ms: int = STREAM_BLOCK_MS,
+        watch_job: bool = False,
     ) -> AsyncIterator[tuple[str, ReplyEvent | None]]:
-        """Yield `(stream id, event)` as the worker appends them; `(last id, None)` on each idle tick."""
-        stream = keys.reply_stream(request_id)
+        """Yield `(stream id, event)` as the worker appends them; `(last id, None)` on each idle tick.
+
+        Raises `QueueUnavailable` once Redis stayed unreachable past the ride-out window, and
+        `brandbot.streams.ReplyLost` when the stream's key holds something else or, with `watch_job`,
+        once RQ gave up on the job or it vanished.
+        """
         last_id = after
-        while True:
-            try:
-                batches: Any = await self._async.xread({stream: last_id}, block=block_ms, count=100)
-            except (redis.ConnectionError, redis.TimeoutError) as error:
-                raise QueueUnavailable(str(error)) from error
-            if not batches:
-                yield last_id, None
-                continue
-            for _name, entries in batches:
-                for entry_id, fields in entries:
-                    last_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                    yield last_id, parse_reply_event(fields[b"event"])
+        async with self._streams.follow(request_id, after=after, watch_job=watch_job) as follower:
+            while True:
+                arrived = await follower.next(timeout=block_ms / 1000)
+                if arrived is None:
+                    yield last_id, None
+                    continue
+                last_id, event = arrived
+                yield last_id, event
+
+    async def job_status(self, request_id: str) -> str | None:
+        """RQ's status of the request's job (`queued`, `started`, `failed`, …); None if it is gone."""
+        with unavailable_on_outage():
+            status: Any = await self._async.hget(Job.key_for(request_id), "status")
+        return None if status is None else keys.as_text(status)
 
     async def cancel(self, request_id: str) -> None:
-        await self._async.set(keys.cancel_flag(request_id), b"1", ex=self._retention)
+        with unavailable_on_outage():
+            await self._async.set(keys.cancel_flag(request_id), b"1", ex=self._retention)
 
     async def workers_alive(self, model: str) -> int:
         """Workers serving `model` whose heartbeat is fresh."""
-        names: Any = await self._async.smembers(keys.WORKERS_SET)
-        alive = 0
-        for name in names:
-            record: Any = await self._async.hget(keys.worker_heartbeat(keys.as_text(name)), "model")
-            if record is not None and keys.as_text(record) == model:
-                alive += 1
-        return alive
+        with unavailable_on_outage():
+            names: Any = await self._async.smembers(keys.WORKERS_SET)
+            if not names:
+                return 0
+            async with self._async.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hget(keys.worker_heartbeat(keys.as_text(name)), "model")
+                records: list[Any] = await pipe.execute()
+        return sum(1 for record in records if record is not None and keys.as_text(record) == model)
 
     async def ping(self) -> bool:
         try:
             return bool(await self._async.ping())
-        except (redis.ConnectionError, redis.TimeoutError):
+        except REDIS_OUTAGE:
             return False

@@ -252,12 +252,17 @@ class PrivateRedis:
 
     port: int
     process: subprocess.Popen[bytes] | None = None
+    appendonly: bool = False
+    """Persist every write to an append-only file (in `data_dir`), so data survives a restart."""
+    data_dir: Path | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        if self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
                 "redis-server",
@@ -268,7 +273,8 @@ class PrivateRedis:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
+                *(["--dir", str(self.data_dir)] if self.data_dir is not None else []),
             ],
             stdout=subprocess.DEVNULL,
         )

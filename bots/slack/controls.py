@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-import redis
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -21,10 +20,11 @@ from brandbot.errors import QueueUnavailable
 from brandbot.feedback import FeedbackStore
 from brandbot.logs import get_logger
 from brandbot.queue import RequestQueue
+from brandbot.streams import REDIS_OUTAGE
 
 log = get_logger(__name__)
 
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, QueueUnavailable)
+REDIS_ERRORS = (*REDIS_OUTAGE, QueueUnavailable)
 
 ASSISTANT_THREAD_SECONDS = 7 * 86_400
 """How long an assistant thread is remembered as one (its status line and prompts apply there)."""

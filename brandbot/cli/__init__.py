@@ -221,6 +221,36 @@ def bench_slack(
     run_async(start)
 
 
+@bench_app.command("relay")
+def bench_relay(
+    answers: Annotated[int, typer.Option(help="Answers relayed at once by this process.")] = 5000,
+    deltas: Annotated[int, typer.Option(help="Deltas per answer (plus a start and a done).")] = 10,
+    compare: Annotated[
+        int, typer.Option(help="Also run both designs at this many answers, side by side; 0: skip.")
+    ] = 1000,
+    redis_url: Annotated[
+        str | None, typer.Option(help="A scratch Redis database (default: BRANDBOT_REDIS_URL).")
+    ] = None,
+) -> None:
+    """Answers relayed at once, Redis connections and events/s of the front-end's stream reader."""
+    settings = settings_or_exit()
+    configure_logging(settings, level="WARNING")  # thousands of answers' log lines
+
+    async def start() -> None:
+        from bots.relay_bench import print_figures, run_relay_bench
+
+        figures = await run_relay_bench(
+            redis_url or settings.redis_url,
+            answers=answers,
+            deltas=deltas,
+            compare=compare,
+            progress=typer.echo,
+        )
+        print_figures(figures)
+
+    run_async(start)
+
+
 def main() -> None:
     app(prog_name="brandbot")
 
