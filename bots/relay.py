@@ -99,6 +99,13 @@ class StreamingEditor:
         (Slack puts its feedback buttons on an answer, never on an error notice)."""
         await self.finish(text)
 
+    async def finish_reply(self, event: DoneEvent, notices: list[str]) -> str:
+        """Show a finished answer and return the text shown: a chat message shows `final_text`; a surface
+        that draws answers otherwise (the terminal, which cannot edit what it printed) overrides this."""
+        text = final_text(event, notices)
+        await self.finish_answer(text)
+        return text
+
     async def restart(self, placeholder: str) -> None:
         """A new attempt begins: back to one placeholder message."""
         self._pending = None
@@ -186,8 +193,7 @@ async def relay_reply(
             elif isinstance(event, NoticeEvent):
                 notices.append(event.message)
             elif isinstance(event, DoneEvent):
-                shown = final_text(event, notices)
-                await editor.finish_answer(shown)
+                shown = await editor.finish_reply(event, notices)
                 return RelayOutcome("done", shown, event.finish_reason)
             elif isinstance(event, ErrorEvent):
                 await editor.finish(event.message)

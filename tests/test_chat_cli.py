@@ -18,8 +18,9 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from brandbot import keys
-from brandbot.cli.chat import PROMPT, TOO_LONG_ANSWER
+from brandbot.cli.chat import PROMPT
 from brandbot.contract import DoneEvent, parse_reply_event
+from brandbot.messages import TERMINAL_LENGTH_LIMIT
 from brandbot.settings import Settings
 from tests.conftest import REPO, WorkerProcess, worker_env
 from tests.test_prompt_hot_reload import LONG_ANSWER_PERSONA
@@ -152,7 +153,7 @@ def test_chat_streams_answers_and_keeps_the_conversation(
     assert first_job["turns"] == [{"role": "user", "content": "How do I reset my password?", "name": "Dana"}]
     first_answer = final_text(redis_client, str(first_job["request_id"]))
     # the answer streamed to the terminal is the answer the worker finished with…
-    assert first in (f"Brandbot> {first_answer}\n", f"Brandbot> {first_answer}\n{TOO_LONG_ANSWER}\n")
+    assert first in (f"Brandbot> {first_answer}\n", f"Brandbot> {first_answer}\n{TERMINAL_LENGTH_LIMIT}\n")
     # …and it is part of the conversation the second question carries
     assert second_job["turns"] == [
         {"role": "user", "content": "How do I reset my password?", "name": "Dana"},
