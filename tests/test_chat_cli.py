@@ -252,6 +252,10 @@ def test_chat_without_a_worker_says_so_and_keeps_going(
     assert printed == "Brandbot> \n(no worker is serving model 'default': start one with `brandbot worker`)\n"
     [job] = jobs_in_order(redis_client)
     assert redis_client.exists(keys.cancel_flag(str(job["request_id"])))  # a worker arriving later skips it
+    assert chat.ask("?" * 4001) == (
+        "That question is too long for me (4001 characters, the limit is 4000). Could you shorten it?\n"
+    )
+    assert len(jobs_in_order(redis_client)) == 1  # refused before it was queued
     chat.send("/quit")
     assert chat.process.wait(timeout=WAIT_SECONDS) == 0
 
@@ -301,7 +305,31 @@ def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(
     chat.wait_for("\n(stopped)\n" + PROMPT)
     [job] = jobs_in_order(redis_client)
     assert redis_client.exists(keys.cancel_flag(str(job["request_id"])))  # the worker was told to stop
-    chat.ask("again")
+    again = chat.ask("again")
     _, second = jobs_in_order(redis_client)
     assert [turn["content"] for turn in second["turns"]] == ["again"]  # type: ignore[attr-defined]
+    # the stopped answer's last events (the worker's "cancelled" ending) are not drawn into the next one
+    assert again.startswith("Long> ") and "(stopped)" not in again
     assert chat.close_input() == 0
+
+
+def test_sigterm_stops_the_answer_and_leaves_cleanly(
+    start_worker: Callable[..., WorkerProcess],
+    start_chat: Callable[..., ChatProcess],
+    prompts_dir: Path,
+    redis_client: redis.Redis,
+) -> None:
+    (prompts_dir / "personas" / "long.yaml").write_text(LONG_ANSWER_PERSONA)
+    start_worker()
+    chat = start_chat("--persona", "long")
+    chat.wait_for(PROMPT)
+    chat.send("hello")
+    printed = len(chat.wait_for("Long> "))
+    while len(chat.output) == printed:  # the answer has started streaming
+        time.sleep(0.01)
+    chat.process.send_signal(signal.SIGTERM)  # docker stop, a supervisor, a closed session
+    assert chat.process.wait(timeout=WAIT_SECONDS) == 0
+    assert chat.output.endswith("\n(stopped)\n")
+    assert "Traceback" not in chat.errors
+    [job] = jobs_in_order(redis_client)
+    assert redis_client.exists(keys.cancel_flag(str(job["request_id"])))  # no GPU time spent on nobody

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import signal
 import sys
 from dataclasses import dataclass, field
 from typing import Annotated, TextIO
@@ -49,6 +50,7 @@ class ChatSession:
     out: TextIO = sys.stdout
     turns: list[Turn] = field(default_factory=list)
     last_request_id: str | None = None
+    terminated: bool = False
     _problems_shown: list[str] = field(default_factory=list)
 
     # -- the loop ---------------------------------------------------------------------------------------
@@ -62,7 +64,7 @@ class ChatSession:
                 return 0
             except KeyboardInterrupt:
                 self.say("")
-                return 130
+                return 0 if self.terminated else 130
             line = line.strip()
             if not line:
                 continue
@@ -71,6 +73,15 @@ class ChatSession:
                     return 0
                 continue
             self.ask(line, runner)
+            if self.terminated:
+                return 0
+
+    def on_terminate(self, _signal: int, _frame: object) -> None:
+        """SIGTERM leaves as the end of input does, stopping the answer being drawn: it becomes Ctrl-C,
+        which the prompt and asyncio's runner already turn into clean exceptions, and `terminated` says
+        to leave rather than go on."""
+        self.terminated = True
+        signal.raise_signal(signal.SIGINT)
 
     def command(self, line: str, runner: asyncio.Runner) -> bool:
         """Run one /command; False means leave."""
@@ -209,6 +220,7 @@ def chat(
             if workers == 0:
                 session.say(f"(no worker is serving model {chosen.model!r} yet: questions wait for one)")
             prompts.start_watching()
+            signal.signal(signal.SIGTERM, session.on_terminate)
             status = session.run(runner)
         finally:
             prompts.stop_watching()
