@@ -88,9 +88,6 @@ class TerminalSink:
     async def delete(self, message_id: str) -> None:
         """Printed text cannot be taken back."""
 
-    def forget_drawn(self) -> None:
-        self._drawn = ""
-
     def state(self) -> dict[str, Any]:
         return {"kind": CHANNEL_ID}
 
@@ -143,8 +140,7 @@ class TerminalEditor(AnswerEditor):
         return event.text
 
     async def restart(self, placeholder: str) -> None:
-        self.screen.write(messages.TERMINAL_RESTARTING)
-        self.screen.forget_drawn()
+        await self.screen.post(messages.TERMINAL_RESTARTING)  # the new attempt is drawn below the old one
 
 
 class TerminalAdapter:

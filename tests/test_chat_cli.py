@@ -17,12 +17,12 @@ import redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from brandbot import keys
+from brandbot import keys, messages
 from brandbot.cli.chat import PROMPT
 from brandbot.contract import DoneEvent, parse_reply_event
 from brandbot.messages import TERMINAL_LENGTH_LIMIT
 from brandbot.settings import Settings
-from tests.conftest import REPO, WorkerProcess, worker_env
+from tests.conftest import REPO, PrivateRedis, WorkerProcess, worker_env
 from tests.test_prompt_hot_reload import LONG_ANSWER_PERSONA
 
 WAIT_SECONDS = 60.0  # a limit for a hung process, not a speed requirement
@@ -258,6 +258,18 @@ def test_chat_without_a_worker_says_so_and_keeps_going(
     assert len(jobs_in_order(redis_client)) == 1  # refused before it was queued
     chat.send("/quit")
     assert chat.process.wait(timeout=WAIT_SECONDS) == 0
+
+
+def test_redis_stopping_mid_chat_is_one_clear_line_and_the_chat_goes_on(
+    start_chat: Callable[..., ChatProcess], private_redis: PrivateRedis
+) -> None:
+    chat = start_chat(BRANDBOT_REDIS_URL=private_redis.url)
+    chat.wait_for(PROMPT)
+    private_redis.stop()
+    printed = chat.ask("Anyone there?")
+    assert printed == f"{messages.QUEUE_UNREACHABLE}\n"
+    assert chat.errors.count("\n") == 1 and "Anyone there?" not in chat.errors  # one line, no question text
+    assert chat.close_input() == 0
 
 
 def test_chat_without_redis_is_one_line_without_the_password(start_chat: Callable[..., ChatProcess]) -> None:
