@@ -23,6 +23,7 @@ from brandbot.contract import DoneEvent, parse_reply_event
 from brandbot.messages import TERMINAL_LENGTH_LIMIT
 from brandbot.settings import Settings
 from tests.conftest import REPO, PrivateRedis, WorkerProcess, worker_env
+from tests.core_fixtures import inflight_records
 from tests.test_prompt_hot_reload import LONG_ANSWER_PERSONA
 
 WAIT_SECONDS = 60.0  # a limit for a hung process, not a speed requirement
@@ -170,6 +171,7 @@ def test_chat_streams_answers_and_keeps_the_conversation(
     assert [turn["content"] for turn in third_job["turns"]] == ["Fresh start"]  # type: ignore[attr-defined]
 
     assert chat.close_input() == 0  # Ctrl-D / end of input leaves cleanly
+    assert inflight_records(redis_client, "terminal") == 0  # the core finished every answer it recorded
 
 
 def test_persona_edits_apply_to_a_running_chat_and_worker(
@@ -323,6 +325,7 @@ def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(
     # the stopped answer's last events (the worker's "cancelled" ending) are not drawn into the next one
     assert again.startswith("Long> ") and "(stopped)" not in again
     assert chat.close_input() == 0
+    assert inflight_records(redis_client, "terminal") == 0
 
 
 def test_sigterm_stops_the_answer_and_leaves_cleanly(
@@ -345,3 +348,4 @@ def test_sigterm_stops_the_answer_and_leaves_cleanly(
     assert "Traceback" not in chat.errors
     [job] = jobs_in_order(redis_client)
     assert redis_client.exists(keys.cancel_flag(str(job["request_id"])))  # no GPU time spent on nobody
+    assert inflight_records(redis_client, "terminal") == 0  # the stopped answer's relay ended, not cut

@@ -33,6 +33,9 @@ HELP = (
     "Commands: /reset starts a new conversation · /persona [NAME] shows or switches the persona · "
     "/good or /bad rates the last answer · /quit leaves (so does Ctrl-D). Ctrl-C stops an answer."
 )
+STOP_WAIT_SECONDS = 5.0
+"""After Ctrl-C the prompt waits this long for the worker to confirm the stop, so the answer's relay ends
+and leaves nothing behind; past it (no worker has the request yet) the relay ends in the background."""
 LOG_LEVEL_FLOOR = "WARNING"
 """The conversation shares the terminal with the log: below this, lines would interleave with answers."""
 
@@ -51,6 +54,7 @@ class ChatSession:
     turns: list[Turn] = field(default_factory=list)
     last_request_id: str | None = None
     terminated: bool = False
+    _relay: asyncio.Task[None] | None = None
     _problems_shown: list[str] = field(default_factory=list)
 
     # -- the loop ---------------------------------------------------------------------------------------
@@ -110,7 +114,8 @@ class ChatSession:
         try:
             runner.run(self.answer(question, reception))
         except KeyboardInterrupt:
-            runner.run(reception.stop())
+            with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C does not wait for the worker
+                runner.run(self.stop(reception))
             return
         exchange = reception.exchange()
         if exchange is not None:  # unanswered: the next question must not follow a dangling one
@@ -119,9 +124,14 @@ class ChatSession:
 
     async def answer(self, question: Question, reception: TerminalReception) -> None:
         """Through the core's stages like any chat's question; returns when its answer is drawn."""
-        relay = await self.conversations.take(question, reception)
+        self._relay = relay = await self.conversations.take(question, reception)
         if relay is not None:
-            await asyncio.shield(relay)  # Ctrl-C ends the wait, not the relay: `reception.stop()` does
+            await asyncio.shield(relay)  # Ctrl-C ends the wait, not the relay: `stop` does
+
+    async def stop(self, reception: TerminalReception) -> None:
+        await reception.stop()
+        if self._relay is not None:
+            await asyncio.wait({self._relay}, timeout=STOP_WAIT_SECONDS)
 
     # -- commands ---------------------------------------------------------------------------------------
     def switch_persona(self, name: str) -> None:
