@@ -111,6 +111,7 @@ class ChatSession:
             self.say(f"(persona {self.persona_name!r} is gone from the prompt files; pick one with /persona)")
             return
         question, reception = self.adapter.question(text, user=self.user, persona=persona, history=self.turns)
+        self._relay = None
         try:
             runner.run(self.answer(question, reception))
         except KeyboardInterrupt:
