@@ -196,7 +196,7 @@ class TerminalReception:
     sink: TerminalSink | None = None
     request_id: str | None = None
     stopped: bool = False
-    empty_hint: str = "(type a question)"
+    empty_hint: str = messages.TERMINAL_EMPTY  # not met in practice: the prompt skips empty lines
     answers_every_refusal: bool = True  # the person at the keyboard waits for a reply to every line
 
     def open_sink(self, request_id: str) -> TerminalSink:

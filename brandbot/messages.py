@@ -56,6 +56,7 @@ TERMINAL_LENGTH_LIMIT = "(the answer reached its length limit)"
 TERMINAL_RESTARTING = "\n(the worker restarted; starting the answer over)\n"
 TERMINAL_NO_WORKER = "(no worker is serving model {model!r}: start one with `brandbot worker`)"
 TERMINAL_NOTE = "(note: {notice})"
+TERMINAL_EMPTY = "(type a question, or /help)"
 
 
 # -- Discord
