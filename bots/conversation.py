@@ -26,7 +26,7 @@ import time
 import traceback
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from rq.job import Job
 
@@ -54,6 +54,8 @@ within 3 s, and a stalled Redis must not hold a question forever."""
 
 SHUTDOWN_SECONDS = 10.0
 """At stop, questions being taken in get this long to be queued and recorded; relays and leases as long."""
+
+Done = TypeVar("Done")
 
 EnqueueObserver = Callable[[float], None]
 """Called with the seconds from an event reaching its listener to its job being in Redis (benchmarks)."""
@@ -123,7 +125,7 @@ class Conversations:
             queue.redis, platform=self.platform, retention_seconds=settings.retention_seconds
         )
         self._intake_slots = asyncio.Semaphore(INTAKE_AT_ONCE)
-        self._intakes: set[asyncio.Task[None]] = set()
+        self._intakes: set[asyncio.Task[asyncio.Task[None] | None]] = set()
         self._relays: set[asyncio.Task[None]] = set()
         self._housekeeping: asyncio.Task[None] | None = None
         self._stopping = False
@@ -139,25 +141,29 @@ class Conversations:
             return
         self._track(self._intakes, self._take_in(question, reception))
 
-    async def take(self, question: Question, reception: Reception) -> None:
-        """Take the question in now (a bug reaches the caller); the answer then runs in the background."""
+    async def take(self, question: Question, reception: Reception) -> asyncio.Task[None] | None:
+        """Take the question in now (a bug reaches the caller); the answer then runs in the background.
+
+        Returns the task relaying the answer, None if there is none (refused, or left to another process):
+        a front-end that answers one question at a time (the terminal) waits for it.
+        """
         if self._stopping:
             log.info(
                 "question arrived during shutdown, left to the next process", event_id=question.event_ids[0]
             )
-            return
-        await asyncio.shield(self._track(self._intakes, self._take_in(question, reception)))
+            return None
+        return await asyncio.shield(self._track(self._intakes, self._take_in(question, reception)))
 
-    async def _take_in(self, question: Question, reception: Reception) -> None:
+    async def _take_in(self, question: Question, reception: Reception) -> asyncio.Task[None] | None:
         async with self._intake_slots:
             accepted = await self._accept(question, reception)
         if accepted is None:
-            return
+            return None
         if self._stopping:
             # Queued and recorded: the next process relays it (the lease is released at shutdown).
             log.info("answer left to the next process", request_id=accepted.request_id)
-            return
-        self._track(self._relays, self._relay(accepted))
+            return None
+        return self._track(self._relays, self._relay(accepted))
 
     def refusal(self, question: Question) -> Refused | None:
         """Why this person may not ask here (access rules only), or None."""
@@ -458,8 +464,8 @@ class Conversations:
                 for request_id in list(self.book.held):
                     await self.book.release(request_id)
 
-    def _track(self, tasks: set[asyncio.Task[None]], work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.create_task(work)
+    def _track(self, tasks: set[asyncio.Task[Done]], work: Coroutine[Any, Any, Done]) -> asyncio.Task[Done]:
+        task: asyncio.Task[Done] = asyncio.create_task(work)
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         task.add_done_callback(_report_crash)
@@ -487,7 +493,7 @@ def crash_report(error: BaseException) -> dict[str, str]:
     return {"error_type": type(error).__name__, "at": crash_site(error)}
 
 
-def _report_crash(task: asyncio.Task[None]) -> None:
+def _report_crash(task: asyncio.Task[Any]) -> None:
     """A bug in a background task must show in the logs, not vanish with the task."""
     if not task.cancelled() and (error := task.exception()) is not None:
         log.error("conversation task failed", **crash_report(error))

@@ -138,6 +138,13 @@ class StreamingEditor:
         (Slack puts its feedback buttons on an answer, never on an error notice)."""
         await self.finish(text)
 
+    async def finish_reply(self, event: DoneEvent, notices: list[str]) -> str:
+        """Show a finished answer and return the text shown: a chat message shows `final_text`; a surface
+        that draws answers otherwise (the terminal, which cannot edit what it printed) overrides this."""
+        text = final_text(event, notices)
+        await self.finish_answer(text)
+        return text
+
     async def restart(self, placeholder: str) -> None:
         """A new attempt begins: back to one placeholder message."""
         self._pending = None
@@ -282,8 +289,7 @@ class _Relay:
         elif isinstance(event, NoticeEvent):
             self.notices.append(event.message)
         elif isinstance(event, DoneEvent):
-            shown = final_text(event, self.notices)
-            await self.editor.finish_answer(shown)
+            shown = await self.editor.finish_reply(event, self.notices)
             return RelayOutcome("done", shown, event.finish_reason)
         elif isinstance(event, ErrorEvent):
             await self.editor.finish(event.message)

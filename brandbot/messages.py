@@ -55,6 +55,15 @@ def queue_position(ahead: int) -> str:
     return f"Thinking… ({ahead} {noun} ahead of you)"
 
 
+# -- Terminal (`brandbot chat`): printed on a terminal, so notes are in parentheses, not Markdown
+TERMINAL_STOPPED = "(stopped)"
+TERMINAL_CUT_SHORT = "(the answer was cut short: the generation deadline was reached)"
+TERMINAL_RESTARTING = "\n(the worker restarted; starting the answer over)\n"
+TERMINAL_NO_WORKER = "(no worker is serving model {model!r}: start one with `brandbot worker`)"
+TERMINAL_NOTE = "(note: {notice})"
+TERMINAL_EMPTY = "(type a question, or /help)"
+
+
 # -- Discord
 DISCORD_EMPTY_ASK = "Please type a question in `prompt`."
 DISCORD_ADMINS_ONLY = "Only brandbot admins can do that."

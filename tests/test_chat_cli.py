@@ -21,7 +21,8 @@ from brandbot import keys, messages
 from brandbot.cli.chat import PROMPT
 from brandbot.contract import DoneEvent, parse_reply_event
 from brandbot.settings import Settings
-from tests.conftest import REPO, WorkerProcess, worker_env
+from tests.conftest import REPO, PrivateRedis, WorkerProcess, worker_env
+from tests.core_fixtures import inflight_records
 from tests.test_prompt_hot_reload import LONG_ANSWER_PERSONA
 
 WAIT_SECONDS = 60.0  # a limit for a hung process, not a speed requirement
@@ -152,7 +153,9 @@ def test_chat_streams_answers_and_keeps_the_conversation(
     assert first_job["turns"] == [{"role": "user", "content": "How do I reset my password?", "name": "Dana"}]
     first_answer = final_text(redis_client, str(first_job["request_id"]))
     # the answer streamed to the terminal is the answer the worker finished with…
-    cut_by_length = f"(note: {messages.CUT_BY_LENGTH})\n"  # the worker's notice, as every front-end shows it
+    cut_by_length = (
+        messages.TERMINAL_NOTE.format(notice=messages.CUT_BY_LENGTH) + "\n"
+    )  # the worker's notice, as every front-end shows it
     assert first in (f"Brandbot> {first_answer}\n", f"Brandbot> {first_answer}\n{cut_by_length}")
     # …and it is part of the conversation the second question carries
     assert second_job["turns"] == [
@@ -170,6 +173,7 @@ def test_chat_streams_answers_and_keeps_the_conversation(
     assert [turn["content"] for turn in third_job["turns"]] == ["Fresh start"]  # type: ignore[attr-defined]
 
     assert chat.close_input() == 0  # Ctrl-D / end of input leaves cleanly
+    assert inflight_records(redis_client, "terminal") == 0  # the core finished every answer it recorded
 
 
 def test_persona_edits_apply_to_a_running_chat_and_worker(
@@ -252,8 +256,24 @@ def test_chat_without_a_worker_says_so_and_keeps_going(
     assert printed == "Brandbot> \n(no worker is serving model 'default': start one with `brandbot worker`)\n"
     [job] = jobs_in_order(redis_client)
     assert redis_client.exists(keys.cancel_flag(str(job["request_id"])))  # a worker arriving later skips it
+    assert chat.ask("?" * 4001) == (
+        "That question is too long for me (4001 characters, the limit is 4000). Could you shorten it?\n"
+    )
+    assert len(jobs_in_order(redis_client)) == 1  # refused before it was queued
     chat.send("/quit")
     assert chat.process.wait(timeout=WAIT_SECONDS) == 0
+
+
+def test_redis_stopping_mid_chat_is_one_clear_line_and_the_chat_goes_on(
+    start_chat: Callable[..., ChatProcess], private_redis: PrivateRedis
+) -> None:
+    chat = start_chat(BRANDBOT_REDIS_URL=private_redis.url)
+    chat.wait_for(PROMPT)
+    private_redis.stop()
+    printed = chat.ask("Anyone there?")
+    assert printed == f"{messages.QUEUE_UNREACHABLE}\n"
+    assert chat.errors.count("\n") == 1 and "Anyone there?" not in chat.errors  # one line, no question text
+    assert chat.close_input() == 0
 
 
 def test_chat_without_redis_is_one_line_without_the_password(start_chat: Callable[..., ChatProcess]) -> None:
@@ -301,7 +321,33 @@ def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(
     chat.wait_for("\n(stopped)\n" + PROMPT)
     [job] = jobs_in_order(redis_client)
     assert redis_client.exists(keys.cancel_flag(str(job["request_id"])))  # the worker was told to stop
-    chat.ask("again")
+    again = chat.ask("again")
     _, second = jobs_in_order(redis_client)
     assert [turn["content"] for turn in second["turns"]] == ["again"]  # type: ignore[attr-defined]
+    # the stopped answer's last events (the worker's "cancelled" ending) are not drawn into the next one
+    assert again.startswith("Long> ") and "(stopped)" not in again
     assert chat.close_input() == 0
+    assert inflight_records(redis_client, "terminal") == 0
+
+
+def test_sigterm_stops_the_answer_and_leaves_cleanly(
+    start_worker: Callable[..., WorkerProcess],
+    start_chat: Callable[..., ChatProcess],
+    prompts_dir: Path,
+    redis_client: redis.Redis,
+) -> None:
+    (prompts_dir / "personas" / "long.yaml").write_text(LONG_ANSWER_PERSONA)
+    start_worker()
+    chat = start_chat("--persona", "long")
+    chat.wait_for(PROMPT)
+    chat.send("hello")
+    printed = len(chat.wait_for("Long> "))
+    while len(chat.output) == printed:  # the answer has started streaming
+        time.sleep(0.01)
+    chat.process.send_signal(signal.SIGTERM)  # docker stop, a supervisor, a closed session
+    assert chat.process.wait(timeout=WAIT_SECONDS) == 0
+    assert chat.output.endswith("\n(stopped)\n")
+    assert "Traceback" not in chat.errors
+    [job] = jobs_in_order(redis_client)
+    assert redis_client.exists(keys.cancel_flag(str(job["request_id"])))  # no GPU time spent on nobody
+    assert inflight_records(redis_client, "terminal") == 0  # the stopped answer's relay ended, not cut

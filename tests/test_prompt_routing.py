@@ -138,6 +138,18 @@ def test_terminal_uses_the_default_persona(library: PromptLibrary) -> None:
     assert resolution.persona.name == "default"
 
 
+def test_the_admin_in_the_terminal_chat_may_try_any_persona(library: PromptLibrary) -> None:
+    # routing's top-level user_choice is [default]: a chat user may not pick engineering, the admin may
+    resolution = library.resolve(
+        platform=Platform.TERMINAL, workspace_id=None, channel_id="terminal", requested="engineering"
+    )
+    assert (resolution.persona.name, resolution.refused_request) == ("engineering", None)
+    missing = library.resolve(
+        platform=Platform.TERMINAL, workspace_id=None, channel_id="terminal", requested="nobody"
+    )
+    assert (missing.persona.name, missing.refused_request) == ("default", "nobody")
+
+
 def test_without_routing_file_the_reason_says_so(tmp_path: Path) -> None:
     (tmp_path / "personas").mkdir()
     (tmp_path / "personas" / "default.yaml").write_text(PERSONA.format(name="Helper"))

@@ -32,7 +32,11 @@ from tests.redis_servers import LockedRedis, make_certificates, start_worker_on
 from tests.slack_fixtures import slack_running, visible
 
 FRONT_END_KEYS = [
-    keys.inflight("slack"),
+    keys.inflight_record("slack", "r1"),
+    keys.inflight_index("slack"),
+    keys.rate_limit_notice("slack", "U1"),
+    keys.joined_conversation("slack", "C1:1.0"),
+    keys.slack_assistant_thread("D1", "1.0"),
     "brandbot:inflight:slack:x",
     keys.relay_lease("slack", "r1"),
     keys.seen_event("slack", "Ev1"),
@@ -167,7 +171,7 @@ async def test_worker_user_cannot_read_front_end_keys_or_run_admin_commands_yet_
     server = locked_redis
     with server.client("admin") as admin:
         # What a front-end keeps: platform tokens and conversations.
-        admin.hset(keys.inflight("slack"), "r1", '{"token": "xoxb-secret"}')
+        admin.set(keys.inflight_record("slack", "r1"), '{"token": "xoxb-secret"}')
         admin.set("brandbot:inflight:slack:x", "secret")
         worker_process = start_worker_on(
             settings(**server.settings_for("worker")), admin, tmp_path / "worker.log"

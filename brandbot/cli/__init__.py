@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -44,13 +45,17 @@ def fail(message: str, *, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def settings_or_exit() -> Settings:
+def settings_or_exit(*, log_level_floor: str | None = None) -> Settings:
+    """The settings, logging configured; `log_level_floor` raises a lower `BRANDBOT_LOG_LEVEL` to it."""
     try:
         settings = load_settings()
     except SettingsError as error:
         fail(str(error), code=2)
         raise  # unreachable: fail() exits
-    configure_logging(settings)
+    level = settings.log_level.upper()
+    if log_level_floor is not None and logging.getLevelName(level) < logging.getLevelName(log_level_floor):
+        level = log_level_floor
+    configure_logging(settings, level=level)
     return settings
 
 

@@ -1,4 +1,5 @@
-"""`brandbot chat`: a terminal front-end through the same Redis queue and worker as Slack and Discord.
+"""`brandbot chat`: a terminal front-end through the same conversation core, queue and worker as Slack
+and Discord (`bots.terminal` is its adapter; this module is the command and its prompt loop).
 
 It is how an admin tries a voice before shipping it: edit a persona file, ask again, read the answer
 as it streams. The conversation is kept until `/reset`; prompt files reload while it runs.
@@ -9,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import signal
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Annotated, TextIO
 from urllib.parse import urlsplit, urlunsplit
@@ -18,59 +19,42 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import typer
 
+from bots.conversation import Conversations, Question
+from bots.terminal import TERMINAL_ACCESS, TerminalAdapter, TerminalReception
 from brandbot import messages
-from brandbot.contract import (
-    DeltaEvent,
-    DoneEvent,
-    ErrorEvent,
-    FinishReason,
-    GenerationRequest,
-    NoticeEvent,
-    Platform,
-    ReplyTarget,
-    Role,
-    StartEvent,
-    Turn,
-    UserRef,
-)
-from brandbot.errors import PromptFileError, QueueUnavailable
+from brandbot.contract import Turn, UserRef
+from brandbot.errors import PromptFileError
 from brandbot.feedback import FeedbackStore
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.queue import RequestQueue
 
 PROMPT = "you> "
-CHANNEL_ID = "terminal"
 HELP = (
     "Commands: /reset starts a new conversation · /persona [NAME] shows or switches the persona · "
     "/good or /bad rates the last answer · /quit leaves (so does Ctrl-D). Ctrl-C stops an answer."
 )
-STOPPED = "(stopped)"
-CUT_SHORT = "(the answer was cut short: the generation deadline was reached)"
-RESTARTING = "\n(the worker restarted; starting the answer over)\n"
-
-
-@dataclass
-class Reply:
-    """How one question ended: `text` is set only for a complete answer worth keeping in the conversation."""
-
-    status: str  # done, error, no_worker, unreachable, stopped
-    text: str = ""
+STOP_WAIT_SECONDS = 5.0
+"""After Ctrl-C the prompt waits this long for the worker to confirm the stop, so the answer's relay ends
+and leaves nothing behind; past it (no worker has the request yet) the relay ends in the background."""
+LOG_LEVEL_FLOOR = "WARNING"
+"""The conversation shares the terminal with the log: below this, lines would interleave with answers."""
 
 
 @dataclass
 class ChatSession:
-    """One terminal conversation: read a line, queue it, stream the answer, keep both turns."""
+    """One terminal conversation: read a line, hand it to the conversation core, keep both turns."""
 
-    queue: RequestQueue
+    conversations: Conversations
+    adapter: TerminalAdapter
     prompts: LivePromptLibrary
     feedback: FeedbackStore
     user: UserRef
     persona_name: str
-    worker_wait_seconds: float
-    max_question_chars: int
     out: TextIO = sys.stdout
     turns: list[Turn] = field(default_factory=list)
     last_request_id: str | None = None
+    terminated: bool = False
+    _relay: asyncio.Task[None] | None = None
     _problems_shown: list[str] = field(default_factory=list)
 
     # -- the loop ---------------------------------------------------------------------------------------
@@ -84,7 +68,7 @@ class ChatSession:
                 return 0
             except KeyboardInterrupt:
                 self.say("")
-                return 130
+                return 0 if self.terminated else 130
             line = line.strip()
             if not line:
                 continue
@@ -93,6 +77,15 @@ class ChatSession:
                     return 0
                 continue
             self.ask(line, runner)
+            if self.terminated:
+                return 0
+
+    def on_terminate(self, _signal: int, _frame: object) -> None:
+        """SIGTERM leaves as the end of input does, stopping the answer being drawn: it becomes Ctrl-C,
+        which the prompt and asyncio's runner already turn into clean exceptions, and `terminated` says
+        to leave rather than go on."""
+        self.terminated = True
+        signal.raise_signal(signal.SIGINT)
 
     def command(self, line: str, runner: asyncio.Runner) -> bool:
         """Run one /command; False means leave."""
@@ -111,98 +104,35 @@ class ChatSession:
             self.say(HELP)
         return True
 
-    def ask(self, question: str, runner: asyncio.Runner) -> None:
-        if len(question) > self.max_question_chars:
-            self.say(messages.TOO_LONG.format(length=len(question), limit=self.max_question_chars))
-            return
+    def ask(self, text: str, runner: asyncio.Runner) -> None:
         self.show_prompt_problems()
         persona = self.prompts.current().persona(self.persona_name)
         if persona is None:
             self.say(f"(persona {self.persona_name!r} is gone from the prompt files; pick one with /persona)")
             return
-        self.turns.append(Turn(role=Role.USER, content=question, name=self.user.display_name or None))
-        request = GenerationRequest(
-            target=ReplyTarget(platform=Platform.TERMINAL, channel_id=CHANNEL_ID),
-            user=self.user,
-            channel_name=CHANNEL_ID,
-            persona=persona.name,
-            turns=list(self.turns),
-        )
-        self.write(f"{persona.display_name}> ")
+        question, reception = self.adapter.question(text, user=self.user, persona=persona, history=self.turns)
+        self._relay = None
         try:
-            reply = runner.run(self.stream(request, model=persona.model))
+            runner.run(self.answer(question, reception))
         except KeyboardInterrupt:
-            runner.run(self.cancel(request.request_id))
-            reply = Reply("stopped")
-            self.say(f"\n{STOPPED}")
-        if reply.status == "done":
-            self.turns.append(Turn(role=Role.ASSISTANT, content=reply.text))
-            self.last_request_id = request.request_id
-        else:
-            self.turns.pop()  # unanswered: the next question must not follow a dangling one
+            with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C does not wait for the worker
+                runner.run(self.stop(reception))
+            return
+        exchange = reception.exchange()
+        if exchange is not None:  # unanswered: the next question must not follow a dangling one
+            self.turns.extend(exchange)
+            self.last_request_id = reception.request_id
 
-    # -- one answer -------------------------------------------------------------------------------------
-    async def stream(self, request: GenerationRequest, *, model: str) -> Reply:
-        """Queue the request and print its reply as it arrives (as bots/relay.py does for a chat)."""
-        try:
-            await self.queue.enqueue(request, model=model)
-            return await self._follow(request.request_id, model)
-        except (QueueUnavailable, redis.ConnectionError, redis.TimeoutError):
-            self.say(f"\n{messages.QUEUE_UNREACHABLE}")
-            return Reply("unreachable")
+    async def answer(self, question: Question, reception: TerminalReception) -> None:
+        """Through the core's stages like any chat's question; returns when its answer is drawn."""
+        self._relay = relay = await self.conversations.take(question, reception)
+        if relay is not None:
+            await asyncio.shield(relay)  # Ctrl-C ends the wait, not the relay: `stop` does
 
-    async def _follow(self, request_id: str, model: str) -> Reply:
-        text, attempt, started = "", 0, False
-        notices: list[str] = []
-        waiting_since = time.monotonic()
-        async for _stream_id, event in self.queue.events(request_id):
-            if event is None:
-                if not started and time.monotonic() - waiting_since > self.worker_wait_seconds:
-                    if await self.queue.workers_alive(model) == 0:
-                        await self.queue.cancel(request_id)
-                        self.say(
-                            f"\n(no worker is serving model {model!r}: start one with `brandbot worker`)"
-                        )
-                        return Reply("no_worker")
-                    waiting_since = time.monotonic()  # workers are alive, just busy: keep waiting
-                continue
-            if event.attempt < attempt:
-                continue  # a late event of an attempt already superseded
-            if event.attempt > attempt:
-                if attempt:
-                    text, notices = "", []
-                    self.write(RESTARTING)
-                attempt = event.attempt
-            if isinstance(event, StartEvent):
-                started = True
-            elif isinstance(event, DeltaEvent):
-                started = True
-                text += event.text
-                self.write(event.text)
-            elif isinstance(event, NoticeEvent):
-                notices.append(event.message)
-            elif isinstance(event, DoneEvent):
-                self._finish(event, shown=text, notices=notices)
-                return Reply("done", event.text)
-            elif isinstance(event, ErrorEvent):
-                self.say(f"\n({event.message})")
-                return Reply("error")
-        raise AssertionError("reply stream ended without done or error")  # events() never ends by itself
-
-    def _finish(self, event: DoneEvent, *, shown: str, notices: list[str]) -> None:
-        if event.text.startswith(shown) and len(event.text) > len(shown):
-            self.write(event.text[len(shown) :])  # deltas are batched: print what has not come yet
-        self.say("")
-        endings = {FinishReason.DEADLINE: CUT_SHORT, FinishReason.CANCELLED: STOPPED}
-        if event.finish_reason in endings:
-            self.say(endings[event.finish_reason])
-        for notice in notices:
-            self.say(f"(note: {notice})")
-
-    async def cancel(self, request_id: str) -> None:
-        """Ask the worker to stop; if Redis is gone there is nothing left to stop."""
-        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
-            await self.queue.cancel(request_id)
+    async def stop(self, reception: TerminalReception) -> None:
+        await reception.stop()
+        if self._relay is not None:
+            await asyncio.wait({self._relay}, timeout=STOP_WAIT_SECONDS)
 
     # -- commands ---------------------------------------------------------------------------------------
     def switch_persona(self, name: str) -> None:
@@ -261,7 +191,7 @@ def chat(
     """Talk to a persona in the terminal, through the real queue and worker, streaming the answers."""
     from brandbot.cli import fail, settings_or_exit
 
-    settings = settings_or_exit()
+    settings = settings_or_exit(log_level_floor=LOG_LEVEL_FLOOR)
     try:
         prompts = LivePromptLibrary(settings.prompts_dir)
     except PromptFileError as error:
@@ -277,14 +207,18 @@ def chat(
             import readline  # noqa: F401 - imported for its effect: line editing and history in input()
     login = getpass.getuser()
     queue = RequestQueue.from_settings(settings)
+    adapter = TerminalAdapter(queue=queue, out=sys.stdout, keep_for_rating=True)  # /good and /bad rate
+    # No housekeeping: a terminal's answers are never resumed by another process (see `bots.terminal`).
+    conversations = Conversations(
+        adapter=adapter, settings=settings, queue=queue, prompts=prompts, access=lambda: TERMINAL_ACCESS
+    )
     session = ChatSession(
-        queue=queue,
+        conversations=conversations,
+        adapter=adapter,
         prompts=prompts,
         feedback=FeedbackStore(queue.redis, retention_seconds=settings.retention_seconds),
         user=UserRef(id=login, display_name=user if user is not None else login),
         persona_name=chosen.name,
-        worker_wait_seconds=settings.worker_wait_seconds,
-        max_question_chars=settings.max_question_chars,
     )
     with asyncio.Runner() as runner:
         try:
@@ -297,9 +231,11 @@ def chat(
             if workers == 0:
                 session.say(f"(no worker is serving model {chosen.model!r} yet: questions wait for one)")
             prompts.start_watching()
+            signal.signal(signal.SIGTERM, session.on_terminate)
             status = session.run(runner)
         finally:
             prompts.stop_watching()
+            runner.run(conversations.shutdown())
             runner.run(queue.close())
     raise typer.Exit(status)
 

@@ -71,6 +71,10 @@ class PromptLibrary:
         """The persona answering in this place; `requested` (a user's own pick) wins where it is allowed."""
         place = Place(platform, workspace_id, channel_id, parent_channel_id)
         table = self._table()
+        terminal_pick = self.personas.get(requested) if platform is Platform.TERMINAL and requested else None
+        if terminal_pick is not None:
+            # `brandbot chat` is run by an admin trying a voice before routing it anywhere: any persona.
+            return Resolution(terminal_pick, f"you picked {requested} in the terminal chat")
         if requested is not None:
             choice = table.choice(place)
             picked = self.personas.get(requested)
