@@ -12,6 +12,7 @@ from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.settings import Settings
 from brandbot.templating import ChatTemplate
 from worker.engines import GpuOptions, load_engine
+from worker.faults import WorkerFaults
 from worker.job import current_service
 from worker.metrics import WorkerMetrics
 from worker.replies import ReplyPublisher
@@ -19,6 +20,10 @@ from worker.service import ReplyService
 from worker.threaded_worker import ThreadedWorker
 
 log = get_logger(__name__)
+
+REDIS_SOCKET_TIMEOUT_SECONDS = 10.0
+"""A Redis call that gets no answer (a silent partition) fails after this long instead of hanging a slot;
+well above RQ's 1 s blocking dequeue."""
 
 
 def gpu_options(settings: Settings) -> GpuOptions:
@@ -30,14 +35,20 @@ def gpu_options(settings: Settings) -> GpuOptions:
     )
 
 
-def run_worker(settings: Settings) -> None:
-    connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=15)
+def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> None:
+    faults = faults or WorkerFaults()
+    connection = redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=5,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
+        health_check_interval=15,
+    )
     connection.ping()
     prompts = LivePromptLibrary(settings.prompts_dir)
     engine = load_engine(
         settings.engine,
         settings.model_dir,
-        concurrency=settings.worker_concurrency,
+        concurrency=faults.engine_batch_limit or settings.worker_concurrency,
         gpu=gpu_options(settings),
     )
     assert settings.model_dir is not None
@@ -59,17 +70,21 @@ def run_worker(settings: Settings) -> None:
         deadline_seconds=settings.generation_deadline_seconds,
         feedback=FeedbackRecorder(connection, retention_seconds=settings.retention_seconds),
     )
+    # More slots than the engine really runs at once would hold questions here that another worker could
+    # start now (ExLlamaV2 without flash-attn generates one at a time).
+    slots = min(settings.worker_concurrency, engine.max_concurrency)
     worker = ThreadedWorker(
         connection=connection,
         queue_name=keys.model_queue(settings.model_name),
-        slots=settings.worker_concurrency,
-        thread_setup=lambda: current_service.set(service),
+        slots=slots,
+        thread_setup=faults.delay_slot_start(lambda: current_service.set(service)),
         heartbeat_record=lambda: {
             "model": settings.model_name,
             "engine": engine.name,
             "mode": engine.mode,
-            "concurrency": str(settings.worker_concurrency),
+            "concurrency": str(slots),
         },
+        fatal_error=lambda: engine.failure,
         on_drain_timeout=service.abort_all,
         drain_grace_seconds=settings.drain_grace_seconds,
         job_heartbeat_ttl=settings.job_heartbeat_ttl_seconds,
@@ -83,11 +98,14 @@ def run_worker(settings: Settings) -> None:
         model=settings.model_name,
         engine=engine.name,
         mode=engine.mode,
-        slots=settings.worker_concurrency,
+        slots=slots,
+        configured_concurrency=settings.worker_concurrency,
+        engine_concurrency=engine.max_concurrency,
         context_length=engine.context_length,
         queue=keys.model_queue(settings.model_name),
     )
     prompts.start_watching()
+    faults.arm(engine)
     try:
         worker.run()
     finally:

@@ -22,7 +22,7 @@ from brandbot.contract import (
     StartEvent,
     Usage,
 )
-from brandbot.errors import BadRequestPayload, TemplateError
+from brandbot.errors import BadRequestPayload, EngineDied, TemplateError
 from brandbot.feedback import FeedbackRecorder
 from brandbot.logs import get_logger
 from brandbot.promptfiles.live import LivePromptLibrary
@@ -94,6 +94,8 @@ class ReplyService:
             ) from None
         if self.draining:
             raise RequeueRequested("worker is shutting down", started=False)
+        if self.engine.failure is not None:  # this process is about to exit: another worker answers
+            raise RequeueRequested(self.engine.failure, started=False)
         bound = log.bind(request_id=request.request_id, attempt=attempt, persona=request.persona)
         self.publisher.publish(request.request_id, StartEvent(attempt=attempt))
         library = self.prompts.current()  # one snapshot for the whole request, whatever reloads meanwhile
@@ -130,6 +132,8 @@ class ReplyService:
         self.metrics.job_started()
         try:
             tail = self._relay(request.request_id, attempt, stream)
+        except EngineDied as died:  # not this question's fault: another worker answers it
+            raise RequeueRequested(str(died), started=True) from None
         except Exception as error:
             bound.error("generation failed", error_type=type(error).__name__)
             self.metrics.outcome("error", ErrorKind.ENGINE)
