@@ -39,3 +39,7 @@ class EngineDied(BrandbotError):
 
 class WorkerFailed(BrandbotError):
     """The worker cannot go on serving (its engine died, its job slots keep dying); it exits non-zero."""
+
+
+class RepliesUnpublishable(BrandbotError):
+    """Redis stayed unavailable longer than a reply may wait: the worker stops generating that reply."""

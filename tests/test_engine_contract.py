@@ -203,3 +203,25 @@ async def test_deltas_can_be_read_from_a_coroutine_too(engine: Engine, prompt: s
     deltas = [delta async for delta in stream]
     assert stream.result is not None
     assert "".join(deltas) == stream.result.text and deltas
+
+
+def test_the_deadline_runs_from_admission_not_from_submission(engine: Engine, endless_prompt: str) -> None:
+    long = SamplingSettings(temperature=0.0, max_new_tokens=100_000)
+    hogs = [engine.submit(endless_prompt, long, deadline_seconds=120) for _ in range(engine.max_concurrency)]
+    allowance = 5.0
+    waiting = engine.submit(endless_prompt, long, deadline_seconds=allowance)
+    admit_after = time.monotonic() + allowance * 0.6  # a good part of its allowance spent waiting for a place
+    while time.monotonic() < admit_after:
+        assert waiting.admitted_at is None, "the engine took more requests than its max_concurrency"
+        time.sleep(0.05)
+    for hog in hogs:
+        hog.cancel()
+    collect(waiting)
+    assert waiting.result is not None and waiting.admitted_at is not None
+    assert waiting.result.finish_reason is FinishReason.DEADLINE
+    assert waiting.result.completion_tokens > 0
+    # Ended by its deadline, which came a whole allowance after admission (monotonic clock: a lower bound
+    # that load cannot break; counted from submission it would have ended at about one allowance).
+    assert waiting.result.total_ms >= (0.6 + 1.0) * allowance * 1000
+    for hog in hogs:
+        collect(hog)

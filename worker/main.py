@@ -58,6 +58,7 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
         engine.close()
         raise EngineLoadError(str(error)) from None
     metrics = WorkerMetrics(model=settings.model_name, engine=engine.name)
+    metrics.engine_requests.set_function(engine.in_flight)
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
     service = ReplyService(
