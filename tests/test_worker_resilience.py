@@ -7,28 +7,35 @@ variables read by the worker's entry point): a slow slot start-up, an engine tha
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import redis
 from rq import Queue, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from brandbot import keys
-from brandbot.contract import ErrorEvent, StartEvent
+from brandbot.contract import DeltaEvent, ErrorEvent, StartEvent
 from brandbot.settings import Settings
-from tests.conftest import WorkerProcess
+from tests.conftest import PrivateRedis, WorkerProcess, free_port
 from tests.test_worker_process import (
     FAST_RECOVERY,
     a_request,
     dones,
     enqueue,
     events_of,
+    long_persona,  # noqa: F401 — a fixture
+    scrape,
     streaming,
     wait_for,
 )
 from worker.faults import ENGINE_BATCH_LIMIT, KILL_ENGINE_THREAD_AT_IN_FLIGHT, SLOT_START_DELAY
+from worker.replies import PUBLISH_OUTAGE_SECONDS
 
 MEDIUM_PERSONA = """
 display_name: Medium
@@ -116,3 +123,109 @@ def test_engine_death_exits_non_zero_and_its_questions_are_answered_by_another_w
         assert not [e for e in events if isinstance(e, ErrorEvent)]
         [done] = dones(redis_client, request.request_id)
         assert done.attempt == max(e.attempt for e in events if isinstance(e, StartEvent))
+
+
+@dataclass
+class AppendOnlyRedis(PrivateRedis):
+    """A private redis-server with append-only persistence: its streams survive a restart."""
+
+    data_dir: Path = Path()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
+                *("--appendonly", "yes", "--dir", str(self.data_dir)),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        wait_for(lambda: _answers(client), 10, "the private redis-server")
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+@pytest.fixture
+def appendonly_redis(tmp_path: Path) -> Iterator[AppendOnlyRedis]:
+    server = AppendOnlyRedis(free_port(), data_dir=tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def start_worker_on(
+    start_worker: Callable[..., WorkerProcess], server: PrivateRedis, **overrides: object
+) -> WorkerProcess:
+    worker = start_worker(wait=False, redis_url=server.url, **overrides)
+    client = redis.Redis.from_url(server.url)
+    wait_for(lambda: bool(heartbeats(client)) or worker.process.poll() is not None, 60, "the worker")
+    assert worker.process.poll() is None, worker.log()
+    return worker
+
+
+def engine_requests(port: int) -> float:
+    for line in scrape(port).splitlines():
+        if line.startswith("brandbot_engine_requests{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no brandbot_engine_requests metric")
+
+
+def test_a_redis_restart_mid_answer_ends_in_one_complete_answer_and_the_worker_serves_on(
+    start_worker: Callable[..., WorkerProcess],
+    settings: Callable[..., Settings],
+    prompts_dir: Path,
+    appendonly_redis: AppendOnlyRedis,
+) -> None:
+    (prompts_dir / "personas" / "medium.yaml").write_text(MEDIUM_PERSONA)
+    worker = start_worker_on(start_worker, appendonly_redis)
+    client = redis.Redis.from_url(appendonly_redis.url)
+    on_private = settings(redis_url=appendonly_redis.url)
+    request = a_request("hello 0", "medium")
+    enqueue(on_private, request)
+    wait_for(lambda: streaming(client, request.request_id), 30, "the answer to start")
+    appendonly_redis.stop()
+    time.sleep(3)  # a restart of a few seconds, while the worker goes on generating
+    appendonly_redis.start()
+    wait_for(lambda: bool(dones(client, request.request_id)), 90, "the answer to finish")
+    events = events_of(client, request.request_id)
+    [done] = dones(client, request.request_id)
+    assert [e.attempt for e in events if isinstance(e, StartEvent)] == [1] and done.attempt == 1
+    assert "".join(e.text for e in events if isinstance(e, DeltaEvent)) == done.text
+    following = a_request("and another thing")
+    enqueue(on_private, following)
+    wait_for(lambda: bool(dones(client, following.request_id)), 60, "the next answer")
+    assert worker.process.poll() is None
+
+
+def test_redis_gone_longer_than_a_reply_may_wait_frees_the_engine_and_the_worker_lives_on(
+    start_worker: Callable[..., WorkerProcess],
+    settings: Callable[..., Settings],
+    long_persona: str,  # noqa: F811
+    appendonly_redis: AppendOnlyRedis,
+) -> None:
+    port = free_port()
+    worker = start_worker_on(
+        start_worker, appendonly_redis, metrics_port=port, generation_deadline_seconds=600
+    )
+    client = redis.Redis.from_url(appendonly_redis.url)
+    on_private = settings(redis_url=appendonly_redis.url)
+    request = a_request("hello 0", long_persona)
+    enqueue(on_private, request)
+    wait_for(lambda: streaming(client, request.request_id), 30, "the answer to start")
+    appendonly_redis.stop()
+    let_go = PUBLISH_OUTAGE_SECONDS + 30
+    wait_for(lambda: engine_requests(port) == 0, let_go, "the engine to let the answer go")
+    assert worker.process.poll() is None
+    assert "generation stopped" in worker.log()
+    appendonly_redis.start()
+    following = a_request("still there?")
+    enqueue(on_private, following)
+    wait_for(lambda: bool(dones(client, following.request_id)), 120, "the next answer")
+    # A slot whose RQ loop ended while Redis was away was restarted: all four serve again.
+    wait_for(lambda: [h["live_slots"] for h in heartbeats(client)] == ["4"], 30, "four live slots")
+    assert worker.process.poll() is None
