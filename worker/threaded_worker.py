@@ -43,7 +43,7 @@ from brandbot.logs import get_logger
 log = get_logger(__name__)
 
 HEARTBEAT_INTERVAL_SECONDS = 5
-"""How often running jobs' heartbeats and this worker's record are refreshed."""
+"""How often running jobs' heartbeats and this worker's record are refreshed (more often for short TTLs)."""
 
 JOB_HEARTBEAT_TTL_SECONDS = 20
 """Default: a running job whose heartbeat is older than this is abandoned (its worker died)."""
@@ -204,7 +204,10 @@ class ThreadedWorker:
         for index in range(len(self.slots)):
             self._start_slot(index)
         self._beat()
-        next_beat = time.monotonic() + HEARTBEAT_INTERVAL_SECONDS
+        # A running job's heartbeat must be refreshed well within its TTL, or a recovery pass (here or
+        # in another worker) takes it for abandoned while it runs.
+        beat_interval = min(HEARTBEAT_INTERVAL_SECONDS, self._job_heartbeat_ttl / 3)
+        next_beat = time.monotonic() + beat_interval
         next_maintenance = time.monotonic() + self._maintenance_interval
         failure: str | None = None
         while not self._stop.wait(SUPERVISE_INTERVAL_SECONDS):
@@ -216,7 +219,7 @@ class ThreadedWorker:
             now = time.monotonic()
             if now >= next_beat or not self._redis_reachable:  # beat at once when Redis is back
                 self._beat()
-                next_beat = now + HEARTBEAT_INTERVAL_SECONDS
+                next_beat = now + beat_interval
             if now >= next_maintenance:
                 self._recover_abandoned()
                 next_maintenance = time.monotonic() + self._maintenance_interval
