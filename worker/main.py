@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from brandbot import keys
 from brandbot.errors import EngineLoadError
@@ -44,6 +46,14 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
         health_check_interval=15,
     )
     connection.ping()
+    # Replies get a connection of their own that never retries by itself: a write whose answer was lost
+    # is checked against the stream before it is sent again (`ReplyWriter`), or it could appear twice.
+    replies_connection = redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=5,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
+        retry=Retry(NoBackoff(), 0),
+    )
     prompts = LivePromptLibrary(settings.prompts_dir)
     engine = load_engine(
         settings.engine,
@@ -65,7 +75,7 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
         engine=engine,
         template=template,
         prompts=prompts,
-        publisher=ReplyPublisher(connection, retention_seconds=settings.retention_seconds),
+        publisher=ReplyPublisher(replies_connection, retention_seconds=settings.retention_seconds),
         metrics=metrics,
         company=settings.company_name,
         deadline_seconds=settings.generation_deadline_seconds,
