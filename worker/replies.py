@@ -18,15 +18,21 @@ PUBLISH_OUTAGE_SECONDS = 30.0
 PUBLISH_RETRY_SECONDS = 0.5
 """While Redis is unavailable, how often writing is tried again."""
 
-UNAVAILABLE_REPLIES = ("OOM", "READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
-"""Error replies meaning "this Redis cannot take writes now" (full, a replica after a failover, starting)."""
+UNAVAILABLE = (
+    redis.ConnectionError,  # down or restarting (BusyLoadingError: still loading its data)
+    redis.TimeoutError,  # silent: a partition
+    redis.exceptions.OutOfMemoryError,  # full (maxmemory with noeviction)
+    redis.exceptions.ReadOnlyError,  # a replica now, e.g. after a failover
+    redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
+"""Errors meaning "this Redis cannot take writes for now", as redis-py maps Redis's error replies."""
 
 
 def redis_unavailable(error: redis.RedisError) -> bool:
     """True when Redis cannot take writes for now (down, silent, full, read-only), not for a wrong command."""
-    if isinstance(error, redis.ConnectionError | redis.TimeoutError | redis.ReadOnlyError):
-        return True
-    return isinstance(error, redis.ResponseError) and str(error).startswith(UNAVAILABLE_REPLIES)
+    return isinstance(error, UNAVAILABLE)
 
 
 class ReplyPublisher:
