@@ -226,6 +226,8 @@ def test_redis_gone_longer_than_a_reply_may_wait_frees_the_engine_and_the_worker
     following = a_request("still there?")
     enqueue(on_private, following)
     wait_for(lambda: bool(dones(client, following.request_id)), 120, "the next answer")
-    # A slot whose RQ loop ended while Redis was away was restarted: all four serve again.
+    # The slot whose RQ loop ended while Redis was away (it could not record the job's end) was
+    # registered again and restarted: all four serve again.
     wait_for(lambda: [h["live_slots"] for h in heartbeats(client)] == ["4"], 30, "four live slots")
+    assert "job slot died, restarting it" in worker.log()
     assert worker.process.poll() is None
