@@ -3,7 +3,7 @@
 The CLI entry point reads them once from `BRANDBOT_TEST_*` environment variables and hands them to
 `run_worker`; nothing else reads the environment. They reproduce what cannot be provoked from outside on a
 CPU: a slow slot start-up (the heartbeat race), an engine that runs one request at a time (ExLlamaV2
-without flash-attn) and an engine whose generation thread dies.
+without flash-attn), an engine whose generation thread dies, and a shorter wait for Redis.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ log = get_logger(__name__)
 SLOT_START_DELAY = "BRANDBOT_TEST_SLOT_START_DELAY_SECONDS"
 ENGINE_BATCH_LIMIT = "BRANDBOT_TEST_ENGINE_BATCH_LIMIT"
 KILL_ENGINE_THREAD_AT_IN_FLIGHT = "BRANDBOT_TEST_KILL_ENGINE_THREAD_AT_IN_FLIGHT"
+PUBLISH_OUTAGE = "BRANDBOT_TEST_PUBLISH_OUTAGE_SECONDS"
 
 WATCH_INTERVAL_SECONDS = 0.01
 
@@ -41,6 +42,9 @@ class WorkerFaults:
     kill_engine_thread_at_in_flight: int | None = None
     """The engine's generation thread is killed once this many requests are in it."""
 
+    publish_outage_seconds: float | None = None
+    """A reply waits this long for Redis instead of `PUBLISH_OUTAGE_SECONDS` (a test need not wait 30 s)."""
+
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> WorkerFaults:
         def number(name: str) -> int | None:
@@ -50,6 +54,7 @@ class WorkerFaults:
             slot_start_delay_seconds=float(environ.get(SLOT_START_DELAY) or 0.0),
             engine_batch_limit=number(ENGINE_BATCH_LIMIT),
             kill_engine_thread_at_in_flight=number(KILL_ENGINE_THREAD_AT_IN_FLIGHT),
+            publish_outage_seconds=float(environ[PUBLISH_OUTAGE]) if environ.get(PUBLISH_OUTAGE) else None,
         )
 
     def delay_slot_start(self, setup: Callable[[], object]) -> Callable[[], object]:

@@ -17,7 +17,7 @@ from worker.engines import GpuOptions, load_engine
 from worker.faults import WorkerFaults
 from worker.job import current_service
 from worker.metrics import WorkerMetrics
-from worker.replies import ReplyPublisher
+from worker.replies import PUBLISH_OUTAGE_SECONDS, ReplyPublisher
 from worker.service import ReplyService
 from worker.threaded_worker import ThreadedWorker
 
@@ -75,7 +75,11 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
         engine=engine,
         template=template,
         prompts=prompts,
-        publisher=ReplyPublisher(replies_connection, retention_seconds=settings.retention_seconds),
+        publisher=ReplyPublisher(
+            replies_connection,
+            retention_seconds=settings.retention_seconds,
+            outage_seconds=faults.publish_outage_seconds or PUBLISH_OUTAGE_SECONDS,
+        ),
         metrics=metrics,
         company=settings.company_name,
         deadline_seconds=settings.generation_deadline_seconds,

@@ -230,13 +230,13 @@ class ThreadedWorker:
     def _start_slot(self, index: int) -> bool:
         """Register slot `index` with RQ (before any heartbeat touches its record), then start its thread."""
         previous = self.slots[index]
-        slot = self._new_slot(index) if previous.registered else previous
         try:
             if previous.registered:
                 previous.register_death()  # its thread ended without saying so (e.g. Redis was down)
+            slot = self._new_slot(index) if previous.registered else previous  # RQ talks to Redis here
             slot.register_birth()
         except redis.RedisError as error:
-            log.warning("job slot not registered yet", slot=slot.name, error_type=type(error).__name__)
+            log.warning("job slot not registered yet", slot=previous.name, error_type=type(error).__name__)
             return False
         self.slots[index] = slot
         thread = threading.Thread(target=self._run_slot, args=(slot,), name=slot.name, daemon=True)
