@@ -240,12 +240,14 @@ def test_redis_gone_longer_than_a_reply_may_wait_frees_the_engine_and_the_worker
     wait_for(lambda: engine_requests(port) == 0, let_go, "the engine to let the answers go")
     assert worker.process.poll() is None
     assert "generation stopped" in worker.log()
+    # The slot of a stopped answer cannot record the job's end without Redis: RQ's loop in it ends.
+    wait_for(lambda: "job slot stopped" in worker.log(), 30, "a slot's RQ loop to end")
     appendonly_redis.start()
     following = a_request("still there?")
     enqueue(on_private, following)
     wait_for(lambda: bool(dones(client, following.request_id)), 120, "the next answer")
     # The slot whose RQ loop ended while Redis was away (it could not record the job's end) was
     # registered again and restarted: all four serve again.
+    wait_for(lambda: "job slot died, restarting it" in worker.log(), 30, "the dead slot's restart")
     wait_for(lambda: [h["live_slots"] for h in heartbeats(client)] == ["4"], 30, "four live slots")
-    assert "job slot died, restarting it" in worker.log()
     assert worker.process.poll() is None
