@@ -69,9 +69,9 @@ def sync_client(settings: Settings, *, pool_wait_seconds: float | None = None, *
             settings.redis_sentinel_master,
             redis_class=redis.Redis,
             connection_class=_SentinelSSLConnection if uses_tls(settings) else _SentinelConnection,
-            retry=redis.retry.Retry(ConstantBackoff(FAILOVER_RETRY_INTERVAL_SECONDS), COMMAND_RETRIES),
             failover_wait_seconds=settings.redis_failover_wait_seconds,
-            **options,
+            **{"retry": redis.retry.Retry(ConstantBackoff(FAILOVER_RETRY_INTERVAL_SECONDS), COMMAND_RETRIES)}
+            | options,
         )
     if pool_wait_seconds is not None:
         return redis.Redis(
@@ -174,12 +174,13 @@ class _AsyncSentinelSSLConnection(_AsyncSentinelConnection, redis.asyncio.connec
     pass
 
 
-def worker_connection(settings: Settings) -> redis.Redis:
+def worker_connection(settings: Settings, **options: Any) -> redis.Redis:
     """The connection a worker's RQ job slots share (RQ takes any `redis.Redis`, Sentinel-managed too)."""
     return sync_client(
         settings,
         socket_connect_timeout=WORKER_CONNECT_TIMEOUT_SECONDS,
         health_check_interval=WORKER_HEALTH_CHECK_SECONDS,
+        **options,
     )
 
 

@@ -31,3 +31,15 @@ class QueueUnavailable(BrandbotError):
 
 class BadRequestPayload(BrandbotError):
     """A job payload does not match the contract."""
+
+
+class EngineDied(BrandbotError):
+    """The engine's generation thread ended unexpectedly: nothing more can be generated in this process."""
+
+
+class WorkerFailed(BrandbotError):
+    """The worker cannot go on serving (its engine died, its job slots keep dying); it exits non-zero."""
+
+
+class RepliesUnpublishable(BrandbotError):
+    """Redis stayed unavailable longer than a reply may wait: the worker stops generating that reply."""

@@ -197,16 +197,24 @@ class RequestQueue:
             await self._async.set(keys.cancel_flag(request_id), b"1", ex=self._retention)
 
     async def workers_alive(self, model: str) -> int:
-        """Workers serving `model` whose heartbeat is fresh."""
+        """Workers serving `model` whose heartbeat is fresh and that have a live job slot.
+
+        A worker whose slots all died still heartbeats while its supervisor restarts them: it answers
+        nothing meanwhile, so it does not count (a record without `live_slots` is from an older worker).
+        """
         with unavailable_on_outage():
             names: Any = await self._async.smembers(keys.WORKERS_SET)
             if not names:
                 return 0
             async with self._async.pipeline(transaction=False) as pipe:
                 for name in names:
-                    pipe.hget(keys.worker_heartbeat(keys.as_text(name)), "model")
+                    pipe.hmget(keys.worker_heartbeat(keys.as_text(name)), "model", "live_slots")
                 records: list[Any] = await pipe.execute()
-        return sum(1 for record in records if record is not None and keys.as_text(record) == model)
+        return sum(
+            1
+            for served, live in records
+            if served is not None and keys.as_text(served) == model and (live is None or int(live) > 0)
+        )
 
     async def ping(self) -> bool:
         try:

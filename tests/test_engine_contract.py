@@ -203,3 +203,29 @@ async def test_deltas_can_be_read_from_a_coroutine_too(engine: Engine, prompt: s
     deltas = [delta async for delta in stream]
     assert stream.result is not None
     assert "".join(deltas) == stream.result.text and deltas
+
+
+def test_the_deadline_runs_from_admission_not_from_submission(engine: Engine, endless_prompt: str) -> None:
+    long = SamplingSettings(temperature=0.0, max_new_tokens=100_000)
+    hogs = [engine.submit(endless_prompt, long, deadline_seconds=120) for _ in range(engine.max_concurrency)]
+    allowance = 3.0
+    waiting = engine.submit(endless_prompt, long, deadline_seconds=allowance)
+    admit_after = time.monotonic() + allowance * 0.5  # half its allowance spent waiting for a place
+    while time.monotonic() < admit_after:
+        assert waiting.admitted_at is None, "the engine took more requests than its max_concurrency"
+        time.sleep(0.05)
+    for hog in hogs:
+        hog.cancel()
+    collect(waiting)
+    result = waiting.result
+    assert result is not None and waiting.admitted_at is not None and result.completion_tokens > 0
+    # It runs until its deadline a whole allowance after admission, or until the context is full (a fast
+    # machine). Counted from submission, the deadline would cut it half an allowance after admission.
+    # (Monotonic clock, a lower bound: load can only make it longer.)
+    if result.finish_reason is FinishReason.DEADLINE:
+        assert result.total_ms >= (0.5 + 1.0) * allowance * 1000
+    else:
+        assert result.finish_reason is FinishReason.LENGTH
+        assert result.prompt_tokens + result.completion_tokens >= engine.context_length - 1
+    for hog in hogs:
+        collect(hog)

@@ -6,6 +6,7 @@ import asyncio
 
 import redis
 
+from brandbot import keys
 from brandbot.contract import DeltaEvent
 from brandbot.queue import RequestQueue
 from brandbot.settings import Settings
@@ -33,4 +34,21 @@ async def test_hundreds_of_answers_can_be_followed_at_once(redis_client: redis.R
         publisher.publish(request_id, DeltaEvent(text=f"answer {request_id}"))
     texts = await asyncio.wait_for(asyncio.gather(*readers), timeout=30)
     assert texts == [f"answer {request_id}" for request_id in request_ids]
+    await queue.close()
+
+
+async def test_a_worker_whose_slots_all_died_is_not_counted_alive(redis_client: redis.Redis) -> None:
+    settings = Settings(_env_file=None, redis_url=TEST_REDIS_URL)  # type: ignore[call-arg]
+    queue = RequestQueue.from_settings(settings)
+    records = {
+        "serving": {"model": "default", "live_slots": "2"},
+        "restarting-its-slots": {"model": "default", "live_slots": "0"},
+        "other-model": {"model": "big", "live_slots": "4"},
+        "older-worker": {"model": "default"},
+    }
+    for name, record in records.items():
+        redis_client.hset(keys.worker_heartbeat(name), mapping=record)
+        redis_client.sadd(keys.WORKERS_SET, name)
+    assert await queue.workers_alive("default") == 2
+    assert await queue.workers_alive("big") == 1
     await queue.close()

@@ -35,6 +35,7 @@ from brandbot.contract import (
     UserRef,
     parse_reply_event,
 )
+from brandbot.errors import EngineDied
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.queue import RequestQueue
 from brandbot.settings import Settings
@@ -147,6 +148,9 @@ class NullEngine(Engine):
 
     def close(self) -> None:
         pass
+
+    def _fail_every_stream(self, error: EngineDied) -> None:
+        """Nothing to fail: every stream is finished inside `submit`."""
 
 
 def trivial_job(payload: dict[str, object]) -> dict[str, object]:

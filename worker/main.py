@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from brandbot import keys
 from brandbot.connections import worker_connection
 from brandbot.errors import EngineLoadError
@@ -12,13 +15,18 @@ from brandbot.settings import Settings
 from brandbot.templating import ChatTemplate
 from worker.engines import GpuOptions, load_engine
 from worker.environment import seal_process_environment
+from worker.faults import WorkerFaults
 from worker.job import current_service
 from worker.metrics import WorkerMetrics
-from worker.replies import ReplyPublisher
+from worker.replies import PUBLISH_OUTAGE_SECONDS, ReplyPublisher
 from worker.service import ReplyService
 from worker.threaded_worker import ThreadedWorker
 
 log = get_logger(__name__)
+
+REDIS_SOCKET_TIMEOUT_SECONDS = 10.0
+"""A Redis call that gets no answer (a silent partition) fails after this long instead of hanging a slot;
+well above RQ's 1 s blocking dequeue."""
 
 
 def gpu_options(settings: Settings) -> GpuOptions:
@@ -30,15 +38,21 @@ def gpu_options(settings: Settings) -> GpuOptions:
     )
 
 
-def run_worker(settings: Settings) -> None:
+def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> None:
     seal_process_environment()  # may re-execute this process: first, before anything is loaded
-    connection = worker_connection(settings)
+    faults = faults or WorkerFaults()
+    connection = worker_connection(settings, socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS)
     connection.ping()
+    # Replies get a connection of their own that never retries by itself: a write whose answer was lost
+    # is checked against the stream before it is sent again (`ReplyWriter`), or it could appear twice.
+    replies_connection = worker_connection(
+        settings, socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0)
+    )
     prompts = LivePromptLibrary(settings.prompts_dir)
     engine = load_engine(
         settings.engine,
         settings.model_dir,
-        concurrency=settings.worker_concurrency,
+        concurrency=faults.engine_batch_limit or settings.worker_concurrency,
         gpu=gpu_options(settings),
     )
     assert settings.model_dir is not None
@@ -48,29 +62,39 @@ def run_worker(settings: Settings) -> None:
         engine.close()
         raise EngineLoadError(str(error)) from None
     metrics = WorkerMetrics(model=settings.model_name, engine=engine.name)
+    metrics.engine_requests.set_function(engine.in_flight)
     if settings.metrics_port:
         metrics.serve(settings.metrics_port, host=settings.metrics_host)
     service = ReplyService(
         engine=engine,
         template=template,
         prompts=prompts,
-        publisher=ReplyPublisher(connection, retention_seconds=settings.retention_seconds),
+        publisher=ReplyPublisher(
+            replies_connection,
+            retention_seconds=settings.retention_seconds,
+            outage_seconds=faults.publish_outage_seconds or PUBLISH_OUTAGE_SECONDS,
+        ),
         metrics=metrics,
         company=settings.company_name,
         deadline_seconds=settings.generation_deadline_seconds,
         feedback=FeedbackRecorder(connection, retention_seconds=settings.retention_seconds),
     )
+    # More slots than the engine really runs at once would hold questions here that another worker could
+    # start now (ExLlamaV2 without flash-attn generates one at a time).
+    slots = min(settings.worker_concurrency, engine.max_concurrency)
     worker = ThreadedWorker(
         connection=connection,
         queue_name=keys.model_queue(settings.model_name),
-        slots=settings.worker_concurrency,
-        thread_setup=lambda: current_service.set(service),
+        slots=slots,
+        thread_setup=faults.delay_slot_start(lambda: current_service.set(service)),
         heartbeat_record=lambda: {
             "model": settings.model_name,
             "engine": engine.name,
             "mode": engine.mode,
             "concurrency": str(settings.worker_concurrency),
+            "engine_concurrency": str(engine.max_concurrency),
         },
+        fatal_error=lambda: engine.failure,
         on_drain_timeout=service.abort_all,
         drain_grace_seconds=settings.drain_grace_seconds,
         job_heartbeat_ttl=settings.job_heartbeat_ttl_seconds,
@@ -84,11 +108,14 @@ def run_worker(settings: Settings) -> None:
         model=settings.model_name,
         engine=engine.name,
         mode=engine.mode,
-        slots=settings.worker_concurrency,
+        slots=slots,
+        configured_concurrency=settings.worker_concurrency,
+        engine_concurrency=engine.max_concurrency,
         context_length=engine.context_length,
         queue=keys.model_queue(settings.model_name),
     )
     prompts.start_watching()
+    faults.arm(engine)
     try:
         worker.run()
     finally:

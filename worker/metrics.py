@@ -29,6 +29,12 @@ class WorkerMetrics:
             ["model", "engine"],
             registry=self.registry,
         ).labels(**labels)
+        self.engine_requests = Gauge(
+            "brandbot_engine_requests",
+            "Requests inside the engine (generating or waiting for a place)",
+            ["model", "engine"],
+            registry=self.registry,
+        ).labels(**labels)
         self.ttft = Histogram(
             "brandbot_time_to_first_token_seconds",
             "Submit to first token",

@@ -22,7 +22,7 @@ from brandbot.contract import (
     StartEvent,
     Usage,
 )
-from brandbot.errors import BadRequestPayload, TemplateError
+from brandbot.errors import BadRequestPayload, EngineDied, RepliesUnpublishable, TemplateError
 from brandbot.feedback import FeedbackRecorder
 from brandbot.logs import get_logger
 from brandbot.promptfiles.live import LivePromptLibrary
@@ -32,7 +32,7 @@ from worker.engines.base import Engine, GenerationStream, SamplingSettings
 from worker.leak_guard import LeakGuard
 from worker.metrics import WorkerMetrics
 from worker.prompt_builder import build_prompt, prompt_variables, system_message
-from worker.replies import ReplyPublisher
+from worker.replies import ReplyPublisher, ReplyWriter
 
 log = get_logger(__name__)
 
@@ -41,6 +41,9 @@ DELTA_BATCH_SECONDS = 0.05
 
 CANCEL_POLL_SECONDS = 0.25
 """How often a running job checks its cancel flag; a cancel takes effect within about this long."""
+
+ENGINE_STOP_WAIT_SECONDS = 10.0
+"""After a cancel, how long to wait for the engine to let the request go (it does within one step)."""
 
 
 class RequeueRequested(Exception):
@@ -95,8 +98,11 @@ class ReplyService:
             ) from None
         if self.draining:
             raise RequeueRequested("worker is shutting down", started=False)
+        if self.engine.failure is not None:  # this process is about to exit: another worker answers
+            raise RequeueRequested(self.engine.failure, started=False)
         bound = log.bind(request_id=request.request_id, attempt=attempt, persona=request.persona)
-        self.publisher.publish(request.request_id, StartEvent(attempt=attempt))
+        replies = self.publisher.writer(request.request_id)
+        replies.send_and_wait(StartEvent(attempt=attempt))
         library = self.prompts.current()  # one snapshot for the whole request, whatever reloads meanwhile
         persona = library.persona(request.persona)
         if persona is None:
@@ -115,7 +121,7 @@ class ReplyService:
             bound.error("prompt template failed", error=error)
             return self._fail(request, attempt, ErrorKind.PERSONA, messages.PERSONA_UNAVAILABLE, bound)
         for code, text in built.notices:
-            self.publisher.publish(request.request_id, NoticeEvent(attempt=attempt, code=code, message=text))
+            replies.send(NoticeEvent(attempt=attempt, code=code, message=text))
         sampling = SamplingSettings(
             temperature=persona.sampling.temperature,
             top_p=persona.sampling.top_p,
@@ -132,8 +138,16 @@ class ReplyService:
             self._streams[request.request_id] = stream
         self.metrics.job_started()
         try:
-            tail = self._relay(request.request_id, attempt, stream, guard)
+            tail = self._relay(replies, attempt, stream, guard)
+        except EngineDied as died:  # not this question's fault: another worker answers it
+            raise RequeueRequested(str(died), started=True) from None
+        except RepliesUnpublishable:
+            self._stop_generation(stream)  # nobody can see it: free the engine's place for others
+            bound.warning("redis unavailable too long, generation stopped")
+            self.metrics.outcome("error", "unpublishable")
+            raise
         except Exception as error:
+            self._stop_generation(stream)
             bound.error("generation failed", error_type=type(error).__name__)
             self.metrics.outcome("error", ErrorKind.ENGINE)
             return self._fail(request, attempt, ErrorKind.ENGINE, messages.GENERATION_FAILED, bound)
@@ -144,7 +158,7 @@ class ReplyService:
         result = stream.result if guard is None or stream.result is None else guard.screened(stream.result)
         assert result is not None
         shutdown_cut = result.finish_reason is FinishReason.CANCELLED and self.draining
-        if shutdown_cut and attempt < max_attempts and not self._cancel_flag_set(request):
+        if shutdown_cut and attempt < max_attempts and not self._cancel_requested(request.request_id):
             raise RequeueRequested("worker shut down mid-generation", started=True)
         usage = Usage(
             prompt_tokens=result.prompt_tokens,
@@ -157,7 +171,7 @@ class ReplyService:
         done = DoneEvent(attempt=attempt, text=result.text, finish_reason=result.finish_reason, usage=usage)
         if result.finish_reason is FinishReason.LENGTH:
             tail.append(NoticeEvent(attempt=attempt, code="length", message=messages.CUT_BY_LENGTH))
-        self.publisher.publish(request.request_id, *tail, done)
+        replies.send_and_wait(*tail, done)
         self.metrics.finished(result)
         bound.info(
             "reply done",
@@ -193,11 +207,13 @@ class ReplyService:
             bound.warning("answer not kept for feedback", error_type=type(error).__name__)
 
     def _relay(
-        self, request_id: str, attempt: int, stream: GenerationStream, guard: LeakGuard | None = None
+        self, replies: ReplyWriter, attempt: int, stream: GenerationStream, guard: LeakGuard | None = None
     ) -> list[DeltaEvent | NoticeEvent]:
         """Publish deltas as they come (batched a little); return the last batch, to go out with `done`.
 
         A confidential persona's `guard` holds back what may quote its instructions and stops a quote.
+        While Redis is unavailable, generation goes on and deltas are kept (`ReplyWriter`), until the
+        outage outlasts what a reply may wait.
         """
         pending: list[str] = []
         next_flush = time.monotonic() + DELTA_BATCH_SECONDS
@@ -216,20 +232,35 @@ class ReplyService:
                 text = "".join(pending)
                 return [DeltaEvent(attempt=attempt, text=text)] if text else []
             if pending and now >= next_flush:
-                self.publisher.publish(request_id, DeltaEvent(attempt=attempt, text="".join(pending)))
+                replies.send(DeltaEvent(attempt=attempt, text="".join(pending)))
                 pending.clear()
                 next_flush = now + DELTA_BATCH_SECONDS
             if now >= next_cancel_check:
                 next_cancel_check = now + CANCEL_POLL_SECONDS
-                if self.publisher.cancel_requested(request_id):
+                if self._cancel_requested(replies.request_id):
                     stream.cancel()
 
-    def _cancel_flag_set(self, request: GenerationRequest) -> bool:
-        return self.publisher.cancel_requested(request.request_id)
+    def _stop_generation(self, stream: GenerationStream) -> None:
+        """Cancel and wait (bounded) until the engine has let the request go."""
+        stream.cancel()
+        give_up_at = time.monotonic() + ENGINE_STOP_WAIT_SECONDS
+        try:
+            while stream.next_delta(timeout=0.1) is not None and time.monotonic() < give_up_at:
+                pass
+        except Exception:
+            return  # the stream ended in an error: the engine has let it go all the same
+
+    def _cancel_requested(self, request_id: str) -> bool:
+        try:
+            return self.publisher.cancel_requested(request_id)
+        except redis.RedisError:  # unknown while Redis is away; checked again on the next poll
+            return False
 
     def _fail(
         self, request: GenerationRequest, attempt: int, kind: ErrorKind, text: str, bound: Any
     ) -> dict[str, Any]:
-        self.publisher.publish(request.request_id, ErrorEvent(attempt=attempt, kind=kind, message=text))
+        self.publisher.writer(request.request_id).send_and_wait(
+            ErrorEvent(attempt=attempt, kind=kind, message=text)
+        )
         bound.warning("reply failed", kind=kind.value)
         return {"error": kind.value}

@@ -8,7 +8,11 @@ prompt recovery of jobs abandoned by a killed worker):
 - `TimerDeathPenalty` replaces SIGALRM (main-thread only); the engine enforces the real deadline;
 - running jobs' heartbeats are refreshed every few seconds with a short TTL, and registry cleanup
   runs here on a short interval, so a SIGKILLed worker's jobs are retried within about a minute;
-- SIGTERM drains: stop taking jobs, let running ones finish within a grace period, requeue the rest.
+- SIGTERM drains: stop taking jobs, let running ones finish within a grace period, requeue the rest;
+- each slot is registered with RQ here, before the first heartbeat can create its record (RQ refuses a
+  name whose record exists), and supervised: a slot whose thread ended (e.g. a Redis timeout made RQ's
+  loop quit) is registered again and restarted; slots that keep dying, or a `fatal_error` (the engine
+  died), stop the process with `WorkerFailed` so its supervisor restarts it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -32,13 +37,14 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 
 from brandbot import keys
+from brandbot.errors import WorkerFailed
 from brandbot.logs import get_logger
 from worker.admission import AdmittedJob, fail_refused
 
 log = get_logger(__name__)
 
 HEARTBEAT_INTERVAL_SECONDS = 5
-"""How often running jobs' heartbeats and this worker's record are refreshed."""
+"""How often running jobs' heartbeats and this worker's record are refreshed (more often for short TTLs)."""
 
 JOB_HEARTBEAT_TTL_SECONDS = 20
 """Default: a running job whose heartbeat is older than this is abandoned (its worker died)."""
@@ -48,6 +54,17 @@ MAINTENANCE_INTERVAL_SECONDS = 15.0
 
 SLOT_WORKER_TTL_SECONDS = 16
 """RQ blocks on the queue for (ttl - 15) seconds at a time: 1 s, so an idle slot notices a stop at once."""
+
+SUPERVISE_INTERVAL_SECONDS = 1.0
+"""How often dead slots are restarted and a fatal error (a dead engine) is looked for."""
+
+SLOT_RECONNECT_MAX_WAIT_SECONDS = 2.0
+"""An idle slot retries Redis at least this often (RQ backs off to 60 s): it serves soon after a restart."""
+
+SLOT_DEATHS_TOLERATED_PER_SLOT = 3
+"""More slot deaths than this per slot within `SLOT_DEATH_WINDOW_SECONDS` stop the process: a restart loop."""
+
+SLOT_DEATH_WINDOW_SECONDS = 60.0
 
 
 class SlotWorker(SimpleWorker):
@@ -59,12 +76,20 @@ class SlotWorker(SimpleWorker):
     def __init__(self, *args: Any, job_heartbeat_ttl: int = JOB_HEARTBEAT_TTL_SECONDS, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.running: tuple[Job, Execution] | None = None
+        self.registered = False
         self.job_heartbeat_ttl = job_heartbeat_ttl
+        self.max_connection_wait_time = SLOT_RECONNECT_MAX_WAIT_SECONDS
         # RQ's heartbeat pipeline sets `job_monitoring_interval + 60` as the worker key's TTL.
         self.job_monitoring_interval = job_heartbeat_ttl
 
     def _install_signal_handlers(self) -> None:
         """Signals can only be handled by the main thread; `ThreadedWorker` stops the slots."""
+
+    def register_birth(self) -> None:
+        """`ThreadedWorker` registers each slot before its first heartbeat; RQ's `work()` asks again."""
+        if not self.registered:
+            super().register_birth()
+            self.registered = True
 
     def subscribe(self) -> None:
         """No per-slot pub/sub thread: RQ's commands target forked work horses, which slots do not have."""
@@ -111,7 +136,7 @@ class ThreadedWorker:
     ```python
     worker = ThreadedWorker(connection=redis.Redis(), queue_name="brandbot:model:default", slots=8,
                             name="gpu0", thread_setup=lambda: current_service.set(service))
-    worker.run()  # returns after SIGTERM/SIGINT and a drain
+    worker.run()  # returns after SIGTERM/SIGINT and a drain; raises WorkerFailed if it cannot go on
     ```
     """
 
@@ -124,6 +149,7 @@ class ThreadedWorker:
         name: str | None = None,
         thread_setup: Callable[[], object] = lambda: None,
         heartbeat_record: Callable[[], dict[str, str]] = dict,
+        fatal_error: Callable[[], str | None] = lambda: None,
         on_drain_timeout: Callable[[], None] = lambda: None,
         drain_grace_seconds: float = 30.0,
         on_tick: Callable[[int], None] = lambda depth: None,
@@ -139,6 +165,7 @@ class ThreadedWorker:
         self.name = name or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
         self._thread_setup = thread_setup
         self._heartbeat_record = heartbeat_record
+        self._fatal_error = fatal_error
         self._on_drain_timeout = on_drain_timeout
         self._on_tick = on_tick
         self._on_stop = on_stop
@@ -146,20 +173,22 @@ class ThreadedWorker:
         self._job_heartbeat_ttl = job_heartbeat_ttl
         self._maintenance_interval = maintenance_interval
         self._stop = threading.Event()
-        self.slots = [
-            SlotWorker(
-                [self.queue],
-                connection=connection,
-                name=f"{self.name}.slot{index}",
-                serializer=JSONSerializer,
-                worker_ttl=SLOT_WORKER_TTL_SECONDS,
-                log_job_description=False,  # descriptions would be users' questions
-                disable_default_exception_handler=False,
-                job_heartbeat_ttl=job_heartbeat_ttl,
-            )
-            for index in range(slots)
-        ]
-        self._threads: list[threading.Thread] = []
+        self.slots = [self._new_slot(index) for index in range(slots)]
+        self._threads: list[threading.Thread | None] = [None] * slots
+        self._slot_deaths: deque[float] = deque()
+        self._redis_reachable = True
+
+    def _new_slot(self, index: int) -> SlotWorker:
+        return SlotWorker(
+            [self.queue],
+            connection=self.connection,
+            name=f"{self.name}.slot{index}",
+            serializer=JSONSerializer,
+            worker_ttl=SLOT_WORKER_TTL_SECONDS,
+            log_job_description=False,  # descriptions would be users' questions
+            disable_default_exception_handler=False,
+            job_heartbeat_ttl=self._job_heartbeat_ttl,
+        )
 
     def request_stop(self, *_: object) -> None:
         self._on_stop()
@@ -168,40 +197,94 @@ class ThreadedWorker:
     def busy_slots(self) -> int:
         return sum(slot.running is not None for slot in self.slots)
 
+    def live_slots(self) -> int:
+        """Slots whose thread is running RQ's loop: the jobs this process can take at once right now."""
+        return sum(thread is not None and thread.is_alive() for thread in self._threads)
+
     def run(self, *, handle_signals: bool = True) -> None:
         """Serve until stopped; `handle_signals=False` lets a benchmark run it in a thread."""
         if handle_signals:
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
         self._recover_abandoned()
-        for slot in self.slots:
-            thread = threading.Thread(target=self._run_slot, args=(slot,), name=slot.name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        for index in range(len(self.slots)):
+            self._start_slot(index)
         self._beat()
+        # A running job's heartbeat must be refreshed well within its TTL, or a recovery pass (here or
+        # in another worker) takes it for abandoned while it runs.
+        beat_interval = min(HEARTBEAT_INTERVAL_SECONDS, self._job_heartbeat_ttl / 3)
+        next_beat = time.monotonic() + beat_interval
         next_maintenance = time.monotonic() + self._maintenance_interval
-        while not self._stop.wait(HEARTBEAT_INTERVAL_SECONDS):
-            self._beat()
-            if time.monotonic() >= next_maintenance:
+        failure: str | None = None
+        while not self._stop.wait(SUPERVISE_INTERVAL_SECONDS):
+            failure = self._fatal_error() or self._restart_dead_slots()
+            if failure is not None:
+                log.error("worker cannot go on, stopping", reason=failure)
+                self.request_stop()
+                break
+            now = time.monotonic()
+            if now >= next_beat or not self._redis_reachable:  # beat at once when Redis is back
+                self._beat()
+                next_beat = now + beat_interval
+            if now >= next_maintenance:
                 self._recover_abandoned()
                 next_maintenance = time.monotonic() + self._maintenance_interval
         self._drain()
+        if failure is not None:
+            raise WorkerFailed(failure)
+
+    def _start_slot(self, index: int) -> bool:
+        """Register slot `index` with RQ (before any heartbeat touches its record), then start its thread."""
+        previous = self.slots[index]
+        try:
+            if previous.registered:
+                previous.register_death()  # its thread ended without saying so (e.g. Redis was down)
+            slot = self._new_slot(index) if previous.registered else previous  # RQ talks to Redis here
+            slot.register_birth()
+        except redis.RedisError as error:
+            log.warning("job slot not registered yet", slot=previous.name, error_type=type(error).__name__)
+            return False
+        self.slots[index] = slot
+        thread = threading.Thread(target=self._run_slot, args=(slot,), name=slot.name, daemon=True)
+        self._threads[index] = thread
+        thread.start()
+        return True
+
+    def _restart_dead_slots(self) -> str | None:
+        """Restart every slot whose thread ended; a reason to stop if slots die faster than they can serve."""
+        now = time.monotonic()
+        for index, thread in enumerate(self._threads):
+            if thread is not None and thread.is_alive():
+                continue
+            if thread is not None:
+                self._threads[index] = None
+                self._slot_deaths.append(now)
+                log.warning("job slot died, restarting it", slot=self.slots[index].name)
+            self._start_slot(index)
+        while self._slot_deaths and self._slot_deaths[0] < now - SLOT_DEATH_WINDOW_SECONDS:
+            self._slot_deaths.popleft()
+        if len(self._slot_deaths) > SLOT_DEATHS_TOLERATED_PER_SLOT * len(self.slots):
+            return f"{len(self._slot_deaths)} job slot deaths within {SLOT_DEATH_WINDOW_SECONDS:.0f} s"
+        return None
 
     def _run_slot(self, slot: SlotWorker) -> None:
         self._thread_setup()
         try:
             slot.work(logging_level="WARNING", with_scheduler=False)
-        except Exception:
-            log.exception("job slot stopped unexpectedly", slot=slot.name)
+        except Exception as error:  # the supervisor restarts it; RQ already logged what ended its loop
+            log.warning("job slot stopped", slot=slot.name, error_type=type(error).__name__)
 
     def _beat(self) -> None:
         try:
-            for slot in self.slots:
-                slot.refresh_heartbeats()
+            for index, slot in enumerate(self.slots):
+                thread = self._threads[index]
+                if thread is not None and thread.is_alive():  # a dead slot's record must not be revived
+                    slot.refresh_heartbeats()
             record: Any = {
                 "last_heartbeat": datetime.now(UTC).isoformat(),
                 "in_flight": str(self.busy_slots()),
                 "slots": str(len(self.slots)),
+                "live_slots": str(self.live_slots()),
                 **self._heartbeat_record(),
             }
             key = keys.worker_heartbeat(self.name)
@@ -211,8 +294,14 @@ class ThreadedWorker:
                 pipe.sadd(keys.WORKERS_SET, self.name)
                 pipe.execute()
             self._on_tick(self.queue.count)
-        except (redis.ConnectionError, redis.TimeoutError) as error:
-            log.warning("redis unreachable, heartbeat skipped", error=error)
+        except redis.RedisError as error:
+            if self._redis_reachable:
+                log.warning("redis unreachable, heartbeat skipped", error_type=type(error).__name__)
+            self._redis_reachable = False
+            return
+        if not self._redis_reachable:
+            log.info("redis reachable again")
+        self._redis_reachable = True
 
     def _recover_abandoned(self) -> None:
         """Retry jobs whose worker died (their heartbeat expired); one worker per queue does it at a time."""
@@ -226,8 +315,8 @@ class ThreadedWorker:
             for name in names:
                 if not self.connection.exists(keys.worker_heartbeat(keys.as_text(name))):
                     self.connection.srem(keys.WORKERS_SET, name)
-        except (redis.ConnectionError, redis.TimeoutError) as error:
-            log.warning("redis unreachable, maintenance skipped", error=error)
+        except redis.RedisError as error:
+            log.warning("redis unreachable, maintenance skipped", error_type=type(error).__name__)
 
     def _drain(self) -> None:
         log.info("draining", in_flight=self.busy_slots(), grace_seconds=self._grace)
@@ -243,7 +332,11 @@ class ThreadedWorker:
             while self.busy_slots():
                 time.sleep(0.05)
         for thread in self._threads:
-            thread.join(timeout=SLOT_WORKER_TTL_SECONDS)
-        self.connection.delete(keys.worker_heartbeat(self.name))
-        self.connection.srem(keys.WORKERS_SET, self.name)
+            if thread is not None:
+                thread.join(timeout=SLOT_WORKER_TTL_SECONDS)
+        try:
+            self.connection.delete(keys.worker_heartbeat(self.name))
+            self.connection.srem(keys.WORKERS_SET, self.name)
+        except redis.RedisError as error:
+            log.warning("redis unreachable, worker record left to expire", error_type=type(error).__name__)
         log.info("stopped")

@@ -83,10 +83,11 @@ def worker() -> None:
     def start() -> None:
         import redis
 
+        from worker.faults import WorkerFaults
         from worker.main import run_worker
 
         try:
-            run_worker(settings)
+            run_worker(settings, faults=WorkerFaults.from_environment(os.environ))
         except redis.ConnectionError as error:
             raise BrandbotError(f"cannot reach Redis at BRANDBOT_REDIS_URL ({error})") from None
 

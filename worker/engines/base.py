@@ -3,7 +3,11 @@
 An engine owns one model and one generation thread (the only caller of the model). `submit` hands it a
 rendered prompt and returns a `GenerationStream`: text deltas as they are decoded, then a final
 `GenerationResult`. A stream can be cancelled from any thread; the engine also enforces the deadline
-itself, because a Python timeout cannot interrupt a CUDA call.
+itself, because a Python timeout cannot interrupt a CUDA call. A request's deadline runs from the moment
+the engine admits it into its batch, not from `submit`: time spent waiting for a place is not generation.
+
+If the generation thread dies, every stream in the engine fails with `EngineDied` (none waits forever),
+later submissions fail at once, and `failure` says why, so the worker can exit for a restart.
 """
 
 from __future__ import annotations
@@ -12,11 +16,16 @@ import asyncio
 import queue
 import threading
 import time
+import traceback
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 from brandbot.contract import FinishReason
+from brandbot.errors import EngineDied
+from brandbot.logs import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,9 @@ class GenerationStream:
 
     def __init__(self, deadline_seconds: float) -> None:
         self.submitted_at = time.monotonic()
+        self.admitted_at: float | None = None
+        self.deadline_seconds = deadline_seconds
+        # Until admitted, the same allowance bounds the wait for a place in the batch.
         self.deadline_at = self.submitted_at + deadline_seconds
         self.result: GenerationResult | None = None
         self.error: BaseException | None = None
@@ -98,6 +110,11 @@ class GenerationStream:
                 yield delta
 
     # -- engine side -----------------------------------------------------------------------------------
+    def admit(self) -> None:
+        """The engine starts generating this request now: its deadline starts now."""
+        self.admitted_at = time.monotonic()
+        self.deadline_at = self.admitted_at + self.deadline_seconds
+
     def put_delta(self, text: str) -> None:
         if text:
             self._items.put(text)
@@ -155,6 +172,11 @@ class Engine(ABC):
     mode: str  # e.g. "paged, continuous batching" — logged at start and in the worker's heartbeat
     context_length: int
     max_concurrency: int
+    """Requests really generated at once (the batch); more wait inside the engine. The worker runs no more
+    job slots than this, so a request it cannot start waits in the queue for another worker instead."""
+
+    _failure: str | None = None
+    _thread: threading.Thread | None = None
 
     @abstractmethod
     def count_tokens(self, text: str) -> int:
@@ -170,3 +192,42 @@ class Engine(ABC):
 
     def in_flight(self) -> int:
         return 0
+
+    @property
+    def failure(self) -> str | None:
+        """Why this engine can generate nothing more (its generation thread died), or None."""
+        return self._failure
+
+    @property
+    def generation_thread(self) -> threading.Thread | None:
+        return self._thread
+
+    # -- for engines: the generation thread's life --------------------------------------------------
+    def _start_generation_thread(self, loop: Callable[[], None]) -> None:
+        """Run `loop` (which returns once the engine closes) in the one thread that calls the model."""
+        self._thread = threading.Thread(
+            target=self._run_generation_thread, args=(loop,), name=f"engine-{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    def _run_generation_thread(self, loop: Callable[[], None]) -> None:
+        try:
+            loop()
+        except BaseException as error:  # whatever ended the thread, no stream may wait for it forever
+            frame = traceback.extract_tb(error.__traceback__)[-1]
+            self._failure = f"the {self.name} engine's generation thread died ({type(error).__name__})"
+            # Where it died, not the error's text: that may quote the prompt.
+            log.critical(
+                "engine generation thread died",
+                error_type=type(error).__name__,
+                where=f"{frame.filename}:{frame.lineno} in {frame.name}",
+            )
+            self._fail_every_stream(EngineDied(self._failure))
+
+    @abstractmethod
+    def _fail_every_stream(self, error: EngineDied) -> None:
+        """End every stream generating or waiting in the engine with `error`, and refuse new ones.
+
+        Called once, from the dying generation thread; `submit` must not queue a stream after it (check
+        `failure` under the same lock this method holds).
+        """

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from brandbot.contract import FinishReason
-from brandbot.errors import EngineLoadError
+from brandbot.errors import EngineDied, EngineLoadError
 from brandbot.logs import get_logger
 from worker.engines.base import Engine, GenerationResult, GenerationStream, SamplingSettings
 
@@ -248,8 +248,7 @@ class ExLlamaV2Engine(Engine):
         self._closed = False
         self._accepting = True
         self._accepting_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="engine-exllamav2", daemon=True)
-        self._thread.start()
+        self._start_generation_thread(self._run)
         log.info(
             "exllamav2 engine loaded",
             mode=self.mode,
@@ -277,6 +276,9 @@ class ExLlamaV2Engine(Engine):
         # The generator does not check the context window per job, so cap the answer to what is left.
         max_new = max(1, min(sampling.max_new_tokens, room))
         with self._accepting_lock:  # once the engine thread has stopped, nothing may wait in the queue
+            if self.failure is not None:
+                stream.fail(EngineDied(self.failure))
+                return stream
             if not self._accepting:
                 stream.fail(RuntimeError("the exllamav2 engine is closed"))
                 return stream
@@ -293,6 +295,7 @@ class ExLlamaV2Engine(Engine):
         self._closed = True
         self._closing.set()
         self._wake.set()
+        assert self._thread is not None
         self._thread.join(timeout=30)
         if self._thread.is_alive():  # stuck in a CUDA call: freeing the model under it would crash
             log.warning("exllamav2 engine thread did not stop; model left loaded")
@@ -353,33 +356,41 @@ class ExLlamaV2Engine(Engine):
     # -- the generation thread -------------------------------------------------------------------------
     def _run(self) -> None:
         keys = itertools.count()
-        try:
-            while not self._closing.is_set():
-                self._admit(keys)
-                self._enforce_limits()
-                if not self._active:
-                    self._wake.wait(IDLE_WAIT_SECONDS)
-                    self._wake.clear()
-                    continue
-                try:
-                    results = self._generator.iterate()
-                except Exception as error:  # which job broke is unknown: fail them all, start clean
-                    for key in list(self._active):
-                        self._active.pop(key).stream.fail(error)
-                    self._generator.clear_queue()
-                    continue
-                for result in results:
-                    self._route(result)
-        finally:  # closing (or a bug): end every stream so no consumer waits forever
-            for key, request in list(self._active.items()):
-                self._finish(key, FinishReason.CANCELLED, int(request.job.new_tokens))
-            with self._accepting_lock:
-                self._accepting = False
-            while True:
-                try:
-                    self._incoming.get_nowait().stream.fail(RuntimeError("the exllamav2 engine is closed"))
-                except queue.Empty:
-                    break
+        while not self._closing.is_set():
+            self._admit(keys)
+            self._enforce_limits()
+            if not self._active:
+                self._wake.wait(IDLE_WAIT_SECONDS)
+                self._wake.clear()
+                continue
+            try:
+                results = self._generator.iterate()
+            except Exception as error:  # which job broke is unknown: fail them all, start clean
+                for key in list(self._active):
+                    self._active.pop(key).stream.fail(error)
+                self._generator.clear_queue()
+                continue
+            for result in results:
+                self._route(result)
+        # Closing: running answers end with what they have; nothing may wait in the queue.
+        for key, request in list(self._active.items()):
+            self._finish(key, FinishReason.CANCELLED, int(request.job.new_tokens))
+        self._refuse_waiting(RuntimeError("the exllamav2 engine is closed"))
+
+    def _fail_every_stream(self, error: EngineDied) -> None:
+        for request in self._active.values():
+            request.stream.fail(error)
+        self._active.clear()
+        self._refuse_waiting(error)
+
+    def _refuse_waiting(self, error: Exception) -> None:
+        with self._accepting_lock:
+            self._accepting = False
+        while True:
+            try:
+                self._incoming.get_nowait().stream.fail(error)
+            except queue.Empty:
+                break
 
     def _admit(self, keys: itertools.count[int]) -> None:
         while True:
@@ -419,9 +430,13 @@ class ExLlamaV2Engine(Engine):
 
     def _route(self, result: dict[str, Any]) -> None:
         key = result.get("identifier")
-        if not isinstance(key, int) or key not in self._active or result.get("stage") != "streaming":
-            return  # "started" and "prefill" results carry no text; a stopped job's late results are dropped
+        if not isinstance(key, int) or key not in self._active:
+            return  # a stopped job's late results are dropped
         request = self._active[key]
+        if result.get("stage") == "started":  # the generator found room for it: its deadline starts now
+            request.stream.admit()
+        if result.get("stage") != "streaming":
+            return  # "started" and "prefill" results carry no text
         if request.first_token_at is None:
             request.first_token_at = time.monotonic()
         text = str(result.get("text", ""))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from brandbot.contract import FinishReason
-from brandbot.errors import EngineLoadError
+from brandbot.errors import EngineDied, EngineLoadError
 from worker.engines.base import Engine, GenerationResult, GenerationStream, SamplingSettings, StopStringFilter
 
 IDLE_WAIT_SECONDS = 0.05
@@ -63,8 +63,8 @@ class TransformersEngine(Engine):
         self._active: list[_Sequence] = []
         self._wake = threading.Event()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="engine-transformers", daemon=True)
-        self._thread.start()
+        self._submit_lock = threading.Lock()
+        self._start_generation_thread(self._run)
 
     # -- Engine interface ------------------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
@@ -74,15 +74,18 @@ class TransformersEngine(Engine):
         stream = GenerationStream(deadline_seconds)
         generator = self._torch.Generator()
         generator.manual_seed(sampling.seed if sampling.seed is not None else int(time.time_ns() % 2**31))
-        self._incoming.append(
-            _Sequence(
-                stream=stream,
-                sampling=sampling,
-                prompt_ids=self._tokenizer.encode(prompt, add_special_tokens=False),
-                stop_filter=StopStringFilter(sampling.stop_strings),
-                generator=generator,
-            )
+        sequence = _Sequence(
+            stream=stream,
+            sampling=sampling,
+            prompt_ids=self._tokenizer.encode(prompt, add_special_tokens=False),
+            stop_filter=StopStringFilter(sampling.stop_strings),
+            generator=generator,
         )
+        with self._submit_lock:
+            if self.failure is not None:
+                stream.fail(EngineDied(self.failure))
+                return stream
+            self._incoming.append(sequence)
         self._wake.set()
         return stream
 
@@ -92,13 +95,24 @@ class TransformersEngine(Engine):
     def close(self) -> None:
         self._closed = True
         self._wake.set()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _fail_every_stream(self, error: EngineDied) -> None:
+        with self._submit_lock:
+            for seq in [*self._active, *self._incoming]:
+                seq.stream.fail(error)
+            self._active.clear()
+            self._incoming.clear()
 
     # -- the generation thread -------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._closed:
             while self._incoming and len(self._active) < self.max_concurrency:
-                self._active.append(self._incoming.popleft())
+                admitted = self._incoming.popleft()
+                admitted.stream.admit()
+                self._active.append(admitted)
+            self._expire_waiting()
             if not self._active:
                 self._wake.wait(IDLE_WAIT_SECONDS)
                 self._wake.clear()
@@ -121,6 +135,16 @@ class TransformersEngine(Engine):
             finished = group
         for seq in finished:
             self._active.remove(seq)
+
+    def _expire_waiting(self) -> None:
+        """A request that found no place in the batch before its deadline ends, with nothing generated."""
+        now = time.monotonic()
+        with self._submit_lock:  # `submit` appends from other threads; iterating needs them to wait
+            expired = [seq for seq in self._incoming if now >= seq.stream.deadline_at]
+            for seq in expired:
+                self._incoming.remove(seq)
+        for seq in expired:
+            self._finish(seq, FinishReason.DEADLINE)
 
     def _ended_early(self, seq: _Sequence) -> bool:
         if seq.stream.cancelled:

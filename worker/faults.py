@@ -1,0 +1,86 @@
+"""Faults a test injects into a real `brandbot worker` process — test-only, all off unless a variable is set.
+
+The CLI entry point reads them once from `BRANDBOT_TEST_*` environment variables and hands them to
+`run_worker`; nothing else reads the environment. They reproduce what cannot be provoked from outside on a
+CPU: a slow slot start-up (the heartbeat race), an engine that runs one request at a time (ExLlamaV2
+without flash-attn), an engine whose generation thread dies, and a shorter wait for Redis.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from brandbot.logs import get_logger
+from worker.engines.base import Engine
+
+log = get_logger(__name__)
+
+SLOT_START_DELAY = "BRANDBOT_TEST_SLOT_START_DELAY_SECONDS"
+ENGINE_BATCH_LIMIT = "BRANDBOT_TEST_ENGINE_BATCH_LIMIT"
+KILL_ENGINE_THREAD_AT_IN_FLIGHT = "BRANDBOT_TEST_KILL_ENGINE_THREAD_AT_IN_FLIGHT"
+PUBLISH_OUTAGE = "BRANDBOT_TEST_PUBLISH_OUTAGE_SECONDS"
+
+WATCH_INTERVAL_SECONDS = 0.01
+
+
+class EngineThreadKilled(BaseException):
+    """Raised inside the engine's generation thread: a BaseException, so no `except Exception` absorbs it."""
+
+
+@dataclass(frozen=True)
+class WorkerFaults:
+    slot_start_delay_seconds: float = 0.0
+    """Each job slot's thread waits this long before it starts (a slow start-up)."""
+
+    engine_batch_limit: int | None = None
+    """The engine runs at most this many requests at once, as ExLlamaV2 does without flash-attn."""
+
+    kill_engine_thread_at_in_flight: int | None = None
+    """The engine's generation thread is killed once this many requests are in it."""
+
+    publish_outage_seconds: float | None = None
+    """A reply waits this long for Redis instead of `PUBLISH_OUTAGE_SECONDS` (a test need not wait 30 s)."""
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> WorkerFaults:
+        def number(name: str) -> int | None:
+            return int(environ[name]) if environ.get(name) else None
+
+        return cls(
+            slot_start_delay_seconds=float(environ.get(SLOT_START_DELAY) or 0.0),
+            engine_batch_limit=number(ENGINE_BATCH_LIMIT),
+            kill_engine_thread_at_in_flight=number(KILL_ENGINE_THREAD_AT_IN_FLIGHT),
+            publish_outage_seconds=float(environ[PUBLISH_OUTAGE]) if environ.get(PUBLISH_OUTAGE) else None,
+        )
+
+    def delay_slot_start(self, setup: Callable[[], object]) -> Callable[[], object]:
+        if not self.slot_start_delay_seconds:
+            return setup
+
+        def delayed() -> object:
+            time.sleep(self.slot_start_delay_seconds)
+            return setup()
+
+        return delayed
+
+    def arm(self, engine: Engine) -> None:
+        """Start watching `engine`; kill its generation thread once enough requests are in it."""
+        threshold = self.kill_engine_thread_at_in_flight
+        thread = engine.generation_thread
+        if threshold is None or thread is None:
+            return
+
+        def watch() -> None:
+            while engine.in_flight() < threshold:
+                time.sleep(WATCH_INTERVAL_SECONDS)
+            log.warning("fault injection: killing the engine thread", in_flight=engine.in_flight())
+            assert thread.ident is not None
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(thread.ident), ctypes.py_object(EngineThreadKilled)
+            )
+
+        threading.Thread(target=watch, name="fault-kill-engine-thread", daemon=True).start()
