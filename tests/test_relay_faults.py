@@ -92,11 +92,6 @@ OUTAGE_SECONDS = 8.0
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker side of defect 5 (another helper's part): a job slot of `brandbot worker` quits on "
-    "the ConnectionError of a Redis restart, so its answers never finish. Remove this mark with that fix.",
-)
 async def test_redis_restart_mid_answers_leaves_twenty_complete_answers(
     durable_redis: PrivateRedis,
     slack_emulator: SlackEmulator,
