@@ -33,6 +33,12 @@ def logged(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., str]]:
     root = logging.getLogger()
     saved = root.handlers[:], root.level, sys.excepthook
 
+    # Apps built by earlier tests in this process copy their levels onto library loggers (slack_bolt's
+    # `get_bolt_logger`); a fresh process starts from none of that.
+    for name in list(logging.root.manager.loggerDict):
+        if name.split(".")[0] in ("slack_bolt", "slack_sdk", "discord", "rq"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
+
     def run(emit: Callable[[], object], **overrides: object) -> str:
         values: dict[str, object] = {
             "redis_url": f"redis://:{REDIS_PASSWORD}@127.0.0.1:6379/0",
