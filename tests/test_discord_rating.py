@@ -18,7 +18,7 @@ import redis.asyncio
 
 from bots.discord.rating import CUSTOM_ID_PREFIX
 from brandbot import keys, messages
-from brandbot.contract import GenerationRequest
+from brandbot.contract import DeltaEvent, GenerationRequest, StartEvent
 from brandbot.feedback import FeedbackRecorder, FeedbackStore, RatingFilter
 from brandbot.settings import Settings
 from tests.conftest import WorkerProcess
@@ -32,6 +32,7 @@ from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
     discord_bot,
     discord_bot_running,
     discord_emulator,
+    done,
     is_in_progress,
     scripted_worker,
 )
@@ -241,3 +242,45 @@ async def test_a_real_workers_answer_is_kept_for_rating_and_a_click_reaches_the_
     assert [(record.request_id, record.platform, record.answer) for record in rated] == [
         (request_id, "discord", answer["content"])
     ]
+
+
+async def test_a_private_answer_carries_the_buttons_only_its_asker_sees(
+    discord_bot: RunningBot, scripted_worker: ScriptedWorker, redis_client: redis.Redis
+) -> None:
+    token = await discord_bot.ask("just for me", private=True)
+    request = await scripted_worker.take()
+    keep_like_the_worker(redis_client, request, "Only you see this.")
+    scripted_worker.answer(request.request_id, "Only you see this.")
+    answer = await discord_bot.final_original(token)
+
+    assert answer["flags"] & EPHEMERAL and discord_bot.messages_in(GENERAL) == []
+    assert button_ids(answer) == [good(request.request_id), bad(request.request_id)]
+    assert told_privately(await click(discord_bot, answer, good(request.request_id), ALICE)) == (
+        messages.FEEDBACK_THANKS
+    )
+    assert redis_client.hget(keys.feedback(request.request_id), "vote:" + ALICE["id"]) == b"1"
+
+
+async def test_an_answer_moved_out_of_its_dying_interaction_keeps_its_buttons(
+    discord_bot: RunningBot, scripted_worker: ScriptedWorker
+) -> None:
+    emulator = discord_bot.emulator
+    token = await discord_bot.ask("a slow one")
+    request = await scripted_worker.take()
+    scripted_worker.send(request.request_id, StartEvent(), DeltaEvent(text="Part one."))
+
+    def part_one_shown() -> bool:
+        return str((emulator.original_message(token) or {}).get("content", "")).startswith("Part one.")
+
+    await emulator.wait_until(part_one_shown)
+
+    discord_bot.clock_offset = 15 * 60  # the command's token would die any moment now
+    scripted_worker.send(request.request_id, done("Part one. Part two."))
+
+    def moved() -> JSON | None:
+        channel = [m for m in discord_bot.messages_in(GENERAL) if "interaction_metadata" not in m]
+        return channel[-1] if channel and channel[-1]["content"] == "Part one. Part two." else None
+
+    answer = await emulator.wait_until(moved)
+    assert button_ids(answer) == [good(request.request_id), bad(request.request_id)]
+    assert (emulator.original_message(token) or {})["components"] == []  # the note saying where it went
