@@ -168,6 +168,7 @@ async def test_a_forged_rating_button_is_refused_quietly_and_stores_nothing(
     forged = [
         good("../" + request.request_id),  # not a request id: would name another key
         good("x" * 65),  # longer than any request id
+        good(request.request_id + "\n"),  # a request id and then some
         f"{CUSTOM_ID_PREFIX}great:{request.request_id}",  # not a vote
         f"{CUSTOM_ID_PREFIX}good",  # no request id at all
     ]

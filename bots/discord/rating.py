@@ -94,7 +94,7 @@ class AnswerRatings:
 
     async def rate(self, interaction: discord.Interaction[Any], *, request_id: str, vote: str) -> None:
         user_id = str(interaction.user.id)
-        if not REQUEST_ID.match(request_id) or vote not in EMOJI:
+        if not REQUEST_ID.fullmatch(request_id) or vote not in EMOJI:  # `$` would let a "\n" end through
             # Not a button this bot drew: acknowledged without a word, nothing stored, nothing echoed.
             log.info("rating refused, not a rating button", user_id=user_id)
             await acknowledge_quietly(interaction)

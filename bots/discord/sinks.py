@@ -397,11 +397,21 @@ Sink = ChannelSink | InteractionSink
 class DiscordEditor(AnswerEditor):
     """The shared editor; a finished answer gets 👍/👎 on its last message (an error notice never does)."""
 
+    async def finish(self, text: str) -> None:
+        self._rate_at(None)
+        await super().finish(text)
+
     async def finish_answer(self, text: str) -> None:
+        final = text or EMPTY_ANSWER
+        last = len(split_message(final, self.sink.max_chars) or [final]) - 1
+        if self._rate_at(last) and last < len(self._shown):
+            self._shown[last] = ""  # drawn again with its buttons, even where its text stays
+        await super().finish(text)
+
+    def _rate_at(self, index: int | None) -> bool:
+        """Put the buttons on message `index` in the next render (None: on none); False if never rated."""
         sink = self.sink
-        if isinstance(sink, _AdoptingSink) and sink.rating_for is not None:
-            final = text or EMPTY_ANSWER
-            sink.rating_at = len(split_message(final, sink.max_chars) or [final]) - 1
-            if sink.rating_at < len(self._shown):
-                self._shown[sink.rating_at] = ""  # drawn again with its buttons, even where its text stays
-        await self.finish(text)
+        if not isinstance(sink, _AdoptingSink) or sink.rating_for is None:
+            return False
+        sink.rating_at = index
+        return True
