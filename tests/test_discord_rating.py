@@ -27,6 +27,8 @@ from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
     BOB,
     CAROL,
     GENERAL,
+    MUTED_ROLE,
+    OPEN_RULES,
     RunningBot,
     ScriptedWorker,
     discord_bot,
@@ -285,3 +287,19 @@ async def test_an_answer_moved_out_of_its_dying_interaction_keeps_its_buttons(
     answer = await emulator.wait_until(moved)
     assert button_ids(answer) == [good(request.request_id), bad(request.request_id)]
     assert (emulator.original_message(token) or {})["components"] == []  # the note saying where it went
+
+
+async def test_someone_not_allowed_to_ask_cannot_rate_either(
+    discord_bot: RunningBot, scripted_worker: ScriptedWorker, redis_client: redis.Redis
+) -> None:
+    await discord_bot.mention("rate me")
+    request = await scripted_worker.take()
+    keep_like_the_worker(redis_client, request, "Rated.")
+    scripted_worker.answer(request.request_id, "Rated.")
+    [answer] = await finished_channel_answer(discord_bot)
+    discord_bot.rules = OPEN_RULES.model_copy(update={"block_roles": [str(MUTED_ROLE)]})  # Bob is muted
+
+    reply = await click(discord_bot, answer, bad(request.request_id), BOB)
+
+    assert reply["type"] == 6  # acknowledged, nothing said
+    assert redis_client.hget(keys.feedback(request.request_id), "vote:" + BOB["id"]) is None
