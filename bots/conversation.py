@@ -333,6 +333,8 @@ class Conversations:
         self, question: Question, reception: Reception, resolution: Resolution, request_id: str
     ) -> Enqueued | None:
         request = await reception.request(request_id=request_id, persona=resolution.persona.name)
+        # The worker keeps a copy of the conversation only where people can rate the answer.
+        request = request.model_copy(update={"keep_for_rating": self.adapter.rates_answers})
         try:
             enqueued = await self.queue.enqueue(request, model=resolution.persona.model)
         except QueueUnavailable:

@@ -71,6 +71,7 @@ class ChatAdapter(Protocol):
     """One platform, as the core sees it."""
 
     platform: Platform
+    rates_answers: bool  # answers carry 👍/👎 (buttons, feedback on): only then does the worker keep a copy
 
     def editor(self, sink: AnswerSink, pacer: ChannelPacer) -> AnswerEditor: ...
 

@@ -102,13 +102,16 @@ def discord_reload_rejected(problems: list[str]) -> str:
     )
 
 
+# -- 👍/👎 under answers (Slack and Discord)
+FEEDBACK_GOOD_LABEL = "This answer helped"
+FEEDBACK_BAD_LABEL = "This answer did not help"
+FEEDBACK_THANKS = "Thanks, your rating is saved. It helps us make my answers better."
+FEEDBACK_EXPIRED = "Sorry, that answer is too old to rate now."
+
+
 # -- Slack
 SLACK_STOP_BUTTON = "Stop"
 SLACK_STOP_NOT_YOURS = "Only the person who asked (or a brandbot admin) can stop this answer."
-SLACK_FEEDBACK_GOOD_LABEL = "This answer helped"
-SLACK_FEEDBACK_BAD_LABEL = "This answer did not help"
-SLACK_FEEDBACK_THANKS = "Thanks, your rating is saved. It helps us make my answers better."
-SLACK_FEEDBACK_EXPIRED = "Sorry, that answer is too old to rate now."
 SLACK_DIRECT_MESSAGES_OFF = "Sorry, I don't answer direct messages here. Please mention me in a channel."
 SLACK_ASSISTANT_STATUS = "is thinking…"
 SLACK_SUGGESTED_PROMPTS_TITLE = "Here are a few things you can ask me:"

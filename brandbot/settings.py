@@ -230,6 +230,14 @@ class Settings(BaseSettings):
         "shippers).",
     )
 
+    # -- feedback ------------------------------------------------------------------------------------
+    feedback_enabled: bool = Field(
+        True,
+        description="Show 👍/👎 under answers in Slack and Discord, and have the worker keep each such "
+        "answered conversation for the retention period so it can be rated and exported. Off: no buttons, "
+        "nothing kept.",
+    )
+
     def require(self, *names: str) -> None:
         """Stop with a clear message if a setting this command needs is unset."""
         missing = [f"BRANDBOT_{name.upper()}" for name in names if getattr(self, name) is None]

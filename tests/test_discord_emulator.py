@@ -259,3 +259,46 @@ async def test_dropped_connection_resumes_and_replays(emulator: DiscordEmulator,
     await emulator.wait_until(lambda: len(bot.seen) == 3)
     assert bot.ws.session_id != session_id and emulator.identify_count == 2
     assert bot.get_guild(GUILD_ID) is not None
+
+
+async def test_a_click_on_a_button_reaches_its_view_and_an_update_edits_the_message(
+    emulator: DiscordEmulator, bot: EmulatedBot
+) -> None:
+    clicked: list[str] = []
+
+    class Counter(discord.ui.View):
+        @discord.ui.button(label="+1", custom_id="counter:add")
+        async def add(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
+            clicked.append(str(interaction.user.id))
+            await interaction.response.edit_message(content=f"count {len(clicked)}")
+
+    channel = bot.get_channel(CHANNEL_ID)
+    assert isinstance(channel, discord.TextChannel)
+    await channel.send("count 0", view=Counter(timeout=None))
+    [message] = bot_messages(emulator)
+    assert message["components"][0]["components"][0]["custom_id"] == "counter:add"
+
+    sent = await emulator.click(message, "counter:add", user=ALICE)
+    [response] = await emulator.wait_until(lambda: emulator.interaction_responses(sent["token"]))
+
+    assert response["type"] == 7 and clicked == [ALICE["id"]]
+    assert bot_messages(emulator)[0]["content"] == "count 1"
+    assert sent["type"] == 3 and sent["message"]["id"] == message["id"]
+    with pytest.raises(LookupError):  # only what the message shows can be clicked
+        await emulator.click(message, "counter:remove", user=ALICE)
+
+
+async def test_buttons_are_validated_as_discord_does(emulator: DiscordEmulator, bot: EmulatedBot) -> None:
+    channel = bot.get_channel(CHANNEL_ID)
+    assert isinstance(channel, discord.TextChannel)
+    twins = discord.ui.View()
+    for label in ("a", "b"):
+        twins.add_item(discord.ui.Button(label=label, custom_id="same"))
+    too_long = discord.ui.View()
+    too_long.add_item(discord.ui.Button(label="x", custom_id="x" * 101))
+
+    for view in (twins, too_long):
+        with pytest.raises(discord.HTTPException) as info:
+            await channel.send("buttons", view=view)
+        assert info.value.status == 400 and info.value.code == 50035
+    assert bot_messages(emulator) == []

@@ -108,9 +108,28 @@ async def test_feedback_buttons_store_each_persons_rating_against_the_request(
         ratings = [(record.request_id, score) async for record, score in store.rated(RatingFilter.ALL)]
         await connection.aclose()
 
+    assert [request.keep_for_rating for request in taken] == [True, True]  # the worker keeps them to rate
     assert ratings == [(taken[0].request_id, 1)]
     assert redis_client.hget(keys.feedback(taken[0].request_id), "vote:U2") == b"1"
-    assert [e.text for e in slack.ephemerals] == [messages.SLACK_FEEDBACK_THANKS] * 3 + [
-        messages.SLACK_FEEDBACK_EXPIRED
-    ]
+    assert [e.text for e in slack.ephemerals] == [messages.FEEDBACK_THANKS] * 3 + [messages.FEEDBACK_EXPIRED]
     assert all(e.recipient in ("U1", "U2") and e.thread_ts == rated.ts for e in slack.ephemerals[:3])
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["streamed", "edited"])
+async def test_with_feedback_off_answers_have_no_rating_buttons_and_the_worker_keeps_no_copy(
+    slack_emulator: SlackEmulator,
+    settings: Callable[..., Settings],
+    worker_process: WorkerProcess,
+    redis_client: redis.Redis,
+    streaming: bool,
+) -> None:
+    slack = slack_emulator
+    async with slack_running(slack, settings(), feedback_enabled=False, slack_streaming=streaming) as bot:
+        question = await bot.mention("C1", "U1", "hello")
+        answer = await bot.wait_for_answer("C1", question.ts)
+        [request] = queued_requests(redis_client)
+
+    assert visible(answer) and buttons(answer) == []
+    assert not request.keep_for_rating
+    assert done_of(redis_client, request.request_id) is not None  # the real worker answered it
+    assert list(redis_client.scan_iter(match=keys.feedback("*"))) == []

@@ -81,7 +81,7 @@ async def test_http_mode_passes_url_verification_and_answers_signed_events_once(
 
     assert len(taken) == 1 and is_final_answer(answer)
     assert slack.ephemerals[0].recipient == "U1"
-    assert slack.ephemerals[0].text in (messages.SLACK_FEEDBACK_THANKS, messages.SLACK_FEEDBACK_EXPIRED)
+    assert slack.ephemerals[0].text in (messages.FEEDBACK_THANKS, messages.FEEDBACK_EXPIRED)
 
 
 async def test_http_mode_refuses_forged_signatures_and_stale_timestamps(

@@ -19,6 +19,7 @@ from bots.discord.sinks import (
     ChannelSink,
     ChannelWriter,
     DeliveryFailed,
+    DiscordEditor,
     InteractionSink,
     InteractionWriter,
     Sink,
@@ -40,13 +41,15 @@ class DiscordAdapter:
 
     `clock` is wall-clock seconds: interaction tokens expire by it, and in-flight records that another
     process may resume store times in it (so not `time.monotonic`, which is per machine).
+    `rates_answers`: finished answers carry 👍/👎 (`BRANDBOT_FEEDBACK_ENABLED`).
     """
 
     platform = Platform.DISCORD
 
-    def __init__(self, *, client: discord.Client, clock: Clock) -> None:
+    def __init__(self, *, client: discord.Client, clock: Clock, rates_answers: bool) -> None:
         self.client = client
         self.clock = clock
+        self.rates_answers = rates_answers
 
     def question(self, asked: DiscordQuestion) -> Question:
         return Question(
@@ -61,12 +64,18 @@ class DiscordAdapter:
         )
 
     # ------------------------------------------------------------------ sinks
-    def channel_sink(self, *, channel_id: int, reply_to: int | None) -> ChannelSink:
-        return ChannelSink(writer=self._channel_writer(channel_id), reply_to=reply_to)
+    def channel_sink(self, *, channel_id: int, reply_to: int | None, request_id: str | None) -> ChannelSink:
+        """`request_id`: the answer shown there (rated under it), None for a notice."""
+        return ChannelSink(
+            writer=self._channel_writer(channel_id), reply_to=reply_to, rating_for=self._rated(request_id)
+        )
 
-    def interaction_sink(self, interaction: discord.Interaction, *, private: bool) -> InteractionSink:
+    def interaction_sink(
+        self, interaction: discord.Interaction, *, private: bool, request_id: str
+    ) -> InteractionSink:
         assert interaction.channel_id is not None
         return self._interaction_sink(
+            request_id=request_id,
             application_id=interaction.application_id,
             token=interaction.token,
             private=private,
@@ -76,7 +85,15 @@ class DiscordAdapter:
         )
 
     def _interaction_sink(
-        self, *, application_id: int, token: str, private: bool, channel_id: int, user_id: int, move_at: float
+        self,
+        *,
+        request_id: str,
+        application_id: int,
+        token: str,
+        private: bool,
+        channel_id: int,
+        user_id: int,
+        move_at: float,
     ) -> InteractionSink:
         async def open_fallback() -> ChannelWriter:
             if not private:
@@ -94,23 +111,30 @@ class DiscordAdapter:
             move_at=move_at,
             clock=self.clock,
             open_fallback=open_fallback,
+            rating_for=self._rated(request_id),
         )
+
+    def _rated(self, request_id: str | None) -> str | None:
+        return request_id if self.rates_answers else None
 
     def _channel_writer(self, channel_id: int, kind: discord.ChannelType | None = None) -> ChannelWriter:
         return ChannelWriter(self.client.get_partial_messageable(channel_id, type=kind))
 
     # ------------------------------------------------------------------ ChatAdapter
     def editor(self, sink: AnswerSink, pacer: ChannelPacer) -> AnswerEditor:
-        return AnswerEditor(sink, pacer)
+        return DiscordEditor(sink, pacer)
 
     def sink_from_state(self, request_id: str, state: dict[str, Any]) -> Sink:
         """Rebuild a sink from its in-flight record; it adopts the messages it showed before."""
         adopt = [str(message_id) for message_id in state["message_ids"]]
         if state["kind"] == "channel":
-            sink = self.channel_sink(channel_id=int(state["channel_id"]), reply_to=state.get("reply_to"))
+            sink = self.channel_sink(
+                channel_id=int(state["channel_id"]), reply_to=state.get("reply_to"), request_id=request_id
+            )
             sink.adopt = adopt
             return sink
         restored = self._interaction_sink(
+            request_id=request_id,
             application_id=int(state["application_id"]),
             token=str(state["token"]),
             private=bool(state["private"]),
@@ -160,12 +184,17 @@ class MessageReception:
     answers_every_refusal: bool = False
 
     def open_sink(self, request_id: str) -> ChannelSink:
-        return self.adapter.channel_sink(channel_id=self.message.channel.id, reply_to=self.message.id)
+        return self.adapter.channel_sink(
+            channel_id=self.message.channel.id, reply_to=self.message.id, request_id=request_id
+        )
 
     async def tell(self, text: str, *, privately: bool) -> None:
         """A message has no private reply: the notice is a reply in the channel."""
         try:
-            await self.open_sink("").post(text)
+            notice = self.adapter.channel_sink(
+                channel_id=self.message.channel.id, reply_to=self.message.id, request_id=None
+            )
+            await notice.post(text)
         except DeliveryFailed as error:
             log.warning("notice could not be posted", error=error)
 
@@ -189,7 +218,7 @@ class InteractionReception:
     answers_every_refusal: bool = True  # an interaction left unanswered shows as failed
 
     def open_sink(self, request_id: str) -> InteractionSink:
-        return self.adapter.interaction_sink(self.interaction, private=self.private)
+        return self.adapter.interaction_sink(self.interaction, private=self.private, request_id=request_id)
 
     async def tell(self, text: str, *, privately: bool) -> None:
         """Only the person who ran the command sees it."""

@@ -25,10 +25,12 @@ from bots.conversation import Conversations, crash_site
 from bots.discord.adapter import Clock, DiscordAdapter, MessageReception
 from bots.discord.commands import BrandbotCommands
 from bots.discord.conversation import addressed_to_bot, question_from_message
+from bots.discord.rating import AnswerRatings, RatingButton
 from bots.discord.sinks import NO_PINGS
 from bots.lifecycle import serve_until_signalled
 from brandbot import messages
 from brandbot.errors import SettingsError
+from brandbot.feedback import FeedbackStore
 from brandbot.logs import get_logger
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.queue import RequestQueue
@@ -98,13 +100,18 @@ class BrandBot(commands.Bot):
         self.queue = queue
         self.prompts = prompts
         self.access = access
-        self.adapter = DiscordAdapter(client=self, clock=clock)
+        self.adapter = DiscordAdapter(client=self, clock=clock, rates_answers=settings.feedback_enabled)
         self.conversations = Conversations(
             adapter=self.adapter, settings=settings, queue=queue, prompts=prompts, access=access
+        )
+        self.ratings = AnswerRatings(  # found by `RatingButton` through `interaction.client`
+            feedback=FeedbackStore(queue.redis, retention_seconds=settings.retention_seconds), access=access
         )
         self.tree.error(self.on_app_command_error)
 
     async def setup_hook(self) -> None:
+        # By custom id, not by view object: 👍/👎 on answers written before a restart still work.
+        self.add_dynamic_items(RatingButton)
         await self.add_cog(
             BrandbotCommands(
                 conversations=self.conversations,

@@ -19,7 +19,7 @@ from rq import Queue
 from bots.access import AccessRules, is_admin
 from bots.conversation import Conversations
 from bots.discord.adapter import DiscordAdapter, InteractionReception, tell
-from bots.discord.conversation import DiscordQuestion, role_ids, thread_parent_id
+from bots.discord.conversation import DiscordQuestion, question_from_interaction
 from bots.discord.sinks import NO_PINGS, clip
 from bots.relay_book import REDIS_ERRORS
 from brandbot import keys, messages
@@ -38,23 +38,6 @@ MAX_CHOICES = 25
 """Discord shows at most this many autocomplete choices."""
 
 CHOICE_NAME_CHARS = 100
-
-
-def question_from_interaction(
-    interaction: discord.Interaction, prompt: str, persona: str | None = None
-) -> DiscordQuestion:
-    return DiscordQuestion(
-        event_id=str(interaction.id),
-        user_id=str(interaction.user.id),
-        display_name=interaction.user.display_name,
-        guild_id=str(interaction.guild_id) if interaction.guild_id else None,
-        channel_id=str(interaction.channel_id),
-        parent_channel_id=thread_parent_id(interaction.channel),
-        channel_name=getattr(interaction.channel, "name", None) or "",
-        role_ids=role_ids(interaction.user),
-        text=prompt.strip(),
-        requested_persona=persona or None,
-    )
 
 
 def choice_label(persona: Persona) -> str:

@@ -120,6 +120,23 @@ def question_from_message(message: discord.Message, bot_user_id: int) -> Discord
     )
 
 
+def question_from_interaction(
+    interaction: discord.Interaction, prompt: str, persona: str | None = None
+) -> DiscordQuestion:
+    return DiscordQuestion(
+        event_id=str(interaction.id),
+        user_id=str(interaction.user.id),
+        display_name=interaction.user.display_name,
+        guild_id=str(interaction.guild_id) if interaction.guild_id else None,
+        channel_id=str(interaction.channel_id),
+        parent_channel_id=thread_parent_id(interaction.channel),
+        channel_name=getattr(interaction.channel, "name", None) or "",
+        role_ids=role_ids(interaction.user),
+        text=prompt.strip(),
+        requested_persona=persona or None,
+    )
+
+
 async def conversation_before(message: discord.Message, bot_user_id: int) -> list[Turn]:
     """The turns before `message`: its thread's recent history, or the chain of replies it continues."""
     if isinstance(message.channel, discord.Thread):

@@ -1,6 +1,7 @@
 """Where one Discord answer is written: channel messages, or an interaction's own messages.
 
-Both are `bots.relay.MessageSink`s, so the shared `StreamingEditor` drives them. Every send and edit
+Both are `bots.relay.MessageSink`s, so the shared `StreamingEditor` drives them (`DiscordEditor` adds the
+👍/👎 buttons to the last message of a finished answer, never to an error notice). Every send and edit
 pings nobody (`allowed_mentions` with an empty `parse`), whatever the model wrote. A sink's `state()` is
 JSON (ids only, never text), kept in Redis so a restarted front-end can finish the answer in the same
 messages: it then `adopt`s them in order instead of posting new ones.
@@ -16,7 +17,10 @@ from typing import Any, TypeVar
 import discord
 from discord.http import Route
 
-from bots.surface import Undeliverable
+from bots.discord.rating import rating_view
+from bots.relay import EMPTY_ANSWER
+from bots.splitting import split_message
+from bots.surface import AnswerEditor, Undeliverable
 from brandbot import messages
 from brandbot.logs import get_logger
 
@@ -83,9 +87,9 @@ class ChannelWriter:
     def channel_id(self) -> int:
         return self.channel.id
 
-    async def send(self, text: str, *, reply_to: int | None) -> str:
+    async def send(self, text: str, *, reply_to: int | None, view: discord.ui.View | None = None) -> str:
         async def attempt(safe: bool) -> discord.Message:
-            extra: dict[str, Any] = {}
+            extra: dict[str, Any] = {} if view is None else {"view": view}
             if reply_to is not None and not safe:
                 extra["reference"] = discord.MessageReference(
                     message_id=reply_to, channel_id=self.channel.id, fail_if_not_exists=False
@@ -96,11 +100,12 @@ class ChannelWriter:
 
         return str((await deliver("post", attempt)).id)
 
-    async def edit(self, message_id: str, text: str) -> None:
+    async def edit(self, message_id: str, text: str, *, view: discord.ui.View | None = None) -> None:
         message = self.channel.get_partial_message(int(message_id))
+        extra: dict[str, Any] = {} if view is None else {"view": view}  # `view=None` would remove buttons
 
         async def attempt(safe: bool) -> None:
-            await message.edit(content=clip(text) if safe else text, allowed_mentions=NO_PINGS)
+            await message.edit(content=clip(text) if safe else text, allowed_mentions=NO_PINGS, **extra)
 
         await deliver("edit", attempt)
 
@@ -126,8 +131,11 @@ class InteractionWriter:
     token: str
     private: bool
 
-    def _payload(self, text: str) -> dict[str, Any]:
-        return {"content": text, "allowed_mentions": NO_PINGS.to_dict()}
+    def _payload(self, text: str, view: discord.ui.View | None) -> dict[str, Any]:
+        payload: dict[str, Any] = {"content": text, "allowed_mentions": NO_PINGS.to_dict()}
+        if view is not None:
+            payload["components"] = view.to_components()
+        return payload
 
     def _route(self, method: str, tail: str = "", **params: Any) -> Route:
         return Route(
@@ -138,20 +146,20 @@ class InteractionWriter:
             **params,
         )
 
-    async def edit(self, message_id: str, text: str) -> None:
+    async def edit(self, message_id: str, text: str, *, view: discord.ui.View | None = None) -> None:
         if message_id == ORIGINAL:
             route = self._route("PATCH", "/messages/@original")
         else:
             route = self._route("PATCH", "/messages/{message_id}", message_id=message_id)
 
         async def attempt(safe: bool) -> None:
-            await self.http.request(route, json=self._payload(clip(text) if safe else text))
+            await self.http.request(route, json=self._payload(clip(text) if safe else text, view))
 
         await deliver("edit", attempt)
 
-    async def send(self, text: str) -> str:
+    async def send(self, text: str, *, view: discord.ui.View | None = None) -> str:
         async def attempt(safe: bool) -> Any:
-            payload = self._payload(clip(text) if safe else text)
+            payload = self._payload(clip(text) if safe else text, view)
             if self.private:
                 payload["flags"] = EPHEMERAL_FLAG  # a follow-up of a private answer must stay private
             return await self.http.request(self._route("POST"), json=payload, params={"wait": "true"})
@@ -173,17 +181,29 @@ class _AdoptingSink(ABC):
     adopt: list[str] = field(default_factory=list)  # ids to reuse, in order, before posting new ones
     on_change: Callable[[], Awaitable[None]] | None = None  # called when `state()` changed
     max_chars: int = DISCORD_MAX_CHARS
+    rating_for: str | None = None  # the request a finished answer's 👍/👎 rate; None: no buttons
+    rating_at: int | None = None  # which message carries them, set by the editor for the final render
 
     async def post(self, text: str) -> str:
+        view = self._buttons(len(self.message_ids))
         if self.adopt:
             message_id = self.adopt.pop(0)
             if self.message_ids:  # the first keeps what it shows until the stream replays over it
-                await self.edit(message_id, text)
+                await self._edit(message_id, text, view)
         else:
-            message_id = await self._post_new(text)
+            message_id = await self._post_new(text, view)
         self.message_ids.append(message_id)
         await self._changed()
         return message_id
+
+    async def edit(self, message_id: str, text: str) -> None:
+        index = self.message_ids.index(message_id) if message_id in self.message_ids else None
+        await self._edit(message_id, text, self._buttons(index))
+
+    def _buttons(self, index: int | None) -> discord.ui.View | None:
+        if self.rating_for is None or self.rating_at is None or index != self.rating_at:
+            return None
+        return rating_view(self.rating_for)
 
     async def delete(self, message_id: str) -> None:
         await self._delete(message_id)
@@ -210,10 +230,10 @@ class _AdoptingSink(ABC):
             await self.on_change()
 
     @abstractmethod
-    async def edit(self, message_id: str, text: str) -> None: ...
+    async def _edit(self, message_id: str, text: str, view: discord.ui.View | None) -> None: ...
 
     @abstractmethod
-    async def _post_new(self, text: str) -> str: ...
+    async def _post_new(self, text: str, view: discord.ui.View | None) -> str: ...
 
     @abstractmethod
     async def _delete(self, message_id: str) -> None: ...
@@ -235,12 +255,12 @@ class ChannelSink(_AdoptingSink):
     def channel_key(self) -> str:
         return f"discord:{self.writer.channel_id}"
 
-    async def _post_new(self, text: str) -> str:
+    async def _post_new(self, text: str, view: discord.ui.View | None) -> str:
         previous = int(self.message_ids[-1]) if self.message_ids else self.reply_to
-        return await self.writer.send(text, reply_to=previous)
+        return await self.writer.send(text, reply_to=previous, view=view)
 
-    async def edit(self, message_id: str, text: str) -> None:
-        await self.writer.edit(message_id, text)
+    async def _edit(self, message_id: str, text: str, view: discord.ui.View | None) -> None:
+        await self.writer.edit(message_id, text, view=view)
 
     async def _delete(self, message_id: str) -> None:
         await self.writer.delete(message_id)
@@ -285,24 +305,24 @@ class InteractionSink(_AdoptingSink):
     def moved(self) -> bool:
         return self.fallback_channel_id is not None
 
-    async def _post_new(self, text: str) -> str:
+    async def _post_new(self, text: str, view: discord.ui.View | None) -> str:
         if await self._moving():
-            message_id = await self._fallback_send(text)
+            message_id = await self._fallback_send(text, view)
             self.placed[message_id] = message_id
             return message_id
         if ORIGINAL not in self.message_ids and ORIGINAL not in self._shown:
             # The deferred response already shows Discord's own "thinking…"; keep it for the placeholder.
             self._shown[ORIGINAL] = text
             return ORIGINAL
-        message_id = await self.webhook.send(text)
+        message_id = await self.webhook.send(text, view=view)
         self._shown[message_id] = text
         return message_id
 
-    async def edit(self, message_id: str, text: str) -> None:
+    async def _edit(self, message_id: str, text: str, view: discord.ui.View | None) -> None:
         if await self._moving():
-            await (await self._fallback_writer()).edit(self.placed[message_id], text)
+            await (await self._fallback_writer()).edit(self.placed[message_id], text, view=view)
             return
-        await self.webhook.edit(message_id, text)
+        await self.webhook.edit(message_id, text, view=view)
         self._shown[message_id] = text
 
     async def _delete(self, message_id: str) -> None:
@@ -346,10 +366,10 @@ class InteractionSink(_AdoptingSink):
         except DeliveryFailed as error:
             log.info("interaction response not updated", status=error.status, code=error.code)
 
-    async def _fallback_send(self, text: str) -> str:
+    async def _fallback_send(self, text: str, view: discord.ui.View | None = None) -> str:
         writer = await self._fallback_writer()
         previous = list(self.placed.values())
-        return await writer.send(text, reply_to=int(previous[-1]) if previous else None)
+        return await writer.send(text, reply_to=int(previous[-1]) if previous else None, view=view)
 
     async def _fallback_writer(self) -> ChannelWriter:
         if self._fallback is None:
@@ -372,3 +392,26 @@ class InteractionSink(_AdoptingSink):
 
 
 Sink = ChannelSink | InteractionSink
+
+
+class DiscordEditor(AnswerEditor):
+    """The shared editor; a finished answer gets 👍/👎 on its last message (an error notice never does)."""
+
+    async def finish(self, text: str) -> None:
+        self._rate_at(None)
+        await super().finish(text)
+
+    async def finish_answer(self, text: str) -> None:
+        final = text or EMPTY_ANSWER
+        last = len(split_message(final, self.sink.max_chars) or [final]) - 1
+        if self._rate_at(last) and last < len(self._shown):
+            self._shown[last] = ""  # drawn again with its buttons, even where its text stays
+        await super().finish(text)
+
+    def _rate_at(self, index: int | None) -> bool:
+        """Put the buttons on message `index` in the next render (None: on none); False if never rated."""
+        sink = self.sink
+        if not isinstance(sink, _AdoptingSink) or sink.rating_for is None:
+            return False
+        sink.rating_at = index
+        return True

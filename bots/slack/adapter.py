@@ -36,6 +36,7 @@ class SlackAdapter:
         self.people = PeopleDirectory(client)
         self.streaming = StreamingSupport(settings.slack_streaming and settings.slack_native_markdown)
         self.bot_user_id: str | None = None  # learned from the first event (bolt's auth.test)
+        self.rates_answers = settings.feedback_enabled
 
     def question(self, asked: SlackQuestion, *, received_at: float) -> tuple[Question, SlackReception]:
         """The core's question for a Slack message, and how to answer it."""
@@ -60,6 +61,7 @@ class SlackAdapter:
             request_id=request_id,
             native_markdown=self.settings.slack_native_markdown,
             streaming=self.streaming,
+            rated=self.rates_answers,
         )
 
     # ------------------------------------------------------------------ ChatAdapter

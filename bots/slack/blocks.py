@@ -77,8 +77,8 @@ def feedback_buttons(request_id: str) -> Block:
                 "accessibility_label": description,
             }
             for action_id, label, description in (
-                (FEEDBACK_GOOD_ACTION, "👍", messages.SLACK_FEEDBACK_GOOD_LABEL),
-                (FEEDBACK_BAD_ACTION, "👎", messages.SLACK_FEEDBACK_BAD_LABEL),
+                (FEEDBACK_GOOD_ACTION, "👍", messages.FEEDBACK_GOOD_LABEL),
+                (FEEDBACK_BAD_ACTION, "👎", messages.FEEDBACK_BAD_LABEL),
             )
         ],
     }

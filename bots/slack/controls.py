@@ -88,7 +88,7 @@ class Controls:
         except REDIS_ERRORS:
             stored = False
         log.info("answer rated", request_id=request_id, rating=rating, stored=stored)
-        text = messages.SLACK_FEEDBACK_THANKS if stored else messages.SLACK_FEEDBACK_EXPIRED
+        text = messages.FEEDBACK_THANKS if stored else messages.FEEDBACK_EXPIRED
         await whisper(self.client, channel=channel, user=user_id, text=text, thread_ts=thread_ts)
 
     async def welcome(self, event: dict[str, Any]) -> None:

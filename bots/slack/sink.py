@@ -142,6 +142,7 @@ class SlackAnswerSink:
     request_id: str
     native_markdown: bool
     streaming: StreamingSupport
+    rated: bool = True  # the finished answer carries 👍/👎 (off where the admin switched feedback off)
     max_chars: int = SLACK_MARKDOWN_LIMIT
     phase: Phase = Phase.STATUS
     head_ts: str | None = None
@@ -203,7 +204,7 @@ class SlackAnswerSink:
 
     def _actions_for_head(self) -> Block | None:
         if self.phase is Phase.ANSWER:
-            return feedback_buttons(self.request_id)
+            return self._rating()
         return self._stop() if self.phase in (Phase.STATUS, Phase.CONTENT) else None
 
     def _may_stream(self) -> bool:
@@ -255,11 +256,14 @@ class SlackAnswerSink:
 
     async def _finish_stream(self, text: str) -> None:
         assert self.content is not None
-        final, buttons = self._safe(text), feedback_buttons(self.request_id)
+        final, buttons = self._safe(text), self._rating()
         if self.content.open and final.startswith(self.content.text):
             delta = final[len(self.content.text) :]
             stop = self.client.chat_stopStream(
-                channel=self.place.channel, ts=self.content.ts, markdown_text=delta or None, blocks=[buttons]
+                channel=self.place.channel,
+                ts=self.content.ts,
+                markdown_text=delta or None,
+                blocks=[buttons] if buttons else None,
             )
             await self._call("stop", stop)
             self.content.open, self.content.text = False, final
@@ -368,6 +372,9 @@ class SlackAnswerSink:
         }
 
     # ------------------------------------------------------------------ helpers
+    def _rating(self) -> Block | None:
+        return feedback_buttons(self.request_id) if self.rated else None
+
     def _stop(self) -> Block:
         return stop_button(self.request_id, self.place.asker_id)
 

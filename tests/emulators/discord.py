@@ -9,7 +9,9 @@ It behaves like Discord where the client can tell: JSON answers with ``Content-T
 exactly, error bodies ``{"code", "message"[, "errors"]}``, a ``Via`` header (without one discord.py takes
 a 429 for a Cloudflare ban), zlib-stream gateway frames when asked for, sequence numbers, RESUME with replay
 of missed dispatches, op 9 for dead sessions, the GUILD_MEMBERS / MESSAGE_CONTENT intents, the 3 s
-interaction deadline, and MESSAGE_CREATE/UPDATE/DELETE echoes of the bot's own messages. Stored messages
+interaction deadline, message components (buttons, validated as Discord does) and clicks on them
+(``click``: a MESSAGE_COMPONENT interaction whose callback may update the message or answer it), and
+MESSAGE_CREATE/UPDATE/DELETE echoes of the bot's own messages. Stored messages
 carry two emulator-only keys, never sent to the client: ``allowed_mentions_log`` (the ``allowed_mentions``
 of the send and of every edit) and ``edit_history`` (earlier versions).
 """
@@ -143,6 +145,7 @@ class _Session:
 class _Interaction:
     payload: JSON
     created: float
+    message: JSON | None = None  # the message whose component was clicked (type 3)
     responses: list[JSON] = field(default_factory=list)
     original: JSON | None = None
     followups: list[JSON] = field(default_factory=list)
@@ -552,11 +555,58 @@ class DiscordEmulator:
             data["resolved"] = resolved
         if cmd_guild is not None:
             data["guild_id"] = str(cmd_guild)
+        payload = self._interaction_payload(guild_id, channel_id, user, member_roles, type, data, locale)
+        self._interactions[payload["token"]] = _Interaction(payload, time.monotonic())
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return payload
+
+    async def click(
+        self, message: JSON, custom_id: str, *, user: JSON, member_roles: Iterable[int] = ()
+    ) -> JSON:
+        """A user clicks the button ``custom_id`` on ``message`` (a stored message, an interaction's response
+        or follow-up): a MESSAGE_COMPONENT (type 3) INTERACTION_CREATE carrying the message as it is now.
+        Only a button the message shows can be clicked, as in Discord. Returns the payload (its ``token``
+        names the interaction for ``interaction_responses``)."""
+        self.users.setdefault(int(user["id"]), user)
+        current = self.messages.get(int(message["id"])) or self._interaction_message_by_id(message["id"])
+        if current is None:
+            raise LookupError(f"message {message['id']} is gone")
+        buttons = [c for row in current["components"] for c in row.get("components", [])]
+        if not any(b.get("custom_id") == custom_id and not b.get("disabled") for b in buttons):
+            raise LookupError(f"message {message['id']} shows no button {custom_id!r}")
+        guild_id = int(current["guild_id"]) if current.get("guild_id") else None
+        if guild_id is None:
+            raise NotImplementedError("clicks in DMs are not emulated")
+        data: JSON = {"custom_id": custom_id, "component_type": 2}
+        payload = self._interaction_payload(guild_id, int(current["channel_id"]), user, member_roles, 3, data)
+        payload["message"] = public(current)
+        self._interactions[payload["token"]] = _Interaction(payload, time.monotonic(), message=current)
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return payload
+
+    def _interaction_message_by_id(self, message_id: str) -> JSON | None:
+        """An interaction's response or follow-up (ephemeral ones are in no channel)."""
+        for it in self._interactions.values():
+            for msg in [it.original, *it.followups]:
+                if msg is not None and msg["id"] == message_id:
+                    return msg
+        return None
+
+    def _interaction_payload(
+        self,
+        guild_id: int,
+        channel_id: int,
+        user: JSON,
+        member_roles: Iterable[int],
+        type: int,
+        data: JSON,
+        locale: str = "en-US",
+    ) -> JSON:
         roles = [str(r) for r in member_roles]
         perms = str(self.permissions(guild_id, roles))
         bot_roles = (self.member(guild_id, int(self.bot_user["id"])) or {"roles": []})["roles"]
         channel = self.channels.get(channel_id, {"id": str(channel_id), "type": 0, "name": "unknown"})
-        payload: JSON = {
+        return {
             "id": str(snowflake()), "application_id": str(self.application_id), "type": type, "version": 1,
             "token": "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(48), "data": data, "guild_id": str(guild_id),
             "channel_id": str(channel_id), "channel": {**channel, "permissions": perms},
@@ -568,9 +618,6 @@ class DiscordEmulator:
             "authorizing_integration_owners": {"0": str(guild_id)},
             "attachment_size_limit": 10 * 1024 * 1024,
         }  # fmt: skip
-        self._interactions[payload["token"]] = _Interaction(payload, time.monotonic())
-        await self.dispatch("INTERACTION_CREATE", payload)
-        return payload
 
     def _typed_option(self, option: JSON, defs: list[JSON], guild_id: int, resolved: dict[str, JSON]) -> JSON:
         definition = next((d for d in defs if d["name"] == option["name"]), {})
@@ -605,6 +652,35 @@ class DiscordEmulator:
             body.get(k) for k in ("content", "embeds", "attachments", "components", "poll")
         ):
             raise ApiError(400, 50006, "Cannot send an empty message")
+        self._validate_components(body.get("components") or [], prefix + "components")
+
+    @staticmethod
+    def _validate_components(rows: list[JSON], path: str) -> None:
+        """Discord's rules for buttons: up to 5 action rows of up to 5 buttons; a button has a label or an
+        emoji, and a custom id of 1-100 characters unique in the message (a link button a URL instead)."""
+        if len(rows) > 5:
+            raise ApiError.form(path, "BASE_TYPE_MAX_LENGTH", "Must be 5 or fewer in length.")
+        seen: set[str] = set()
+        for r, row in enumerate(rows):
+            items = row.get("components") or []
+            if row.get("type") != 1 or not 1 <= len(items) <= 5:
+                raise ApiError.form(f"{path}.{r}", "COMPONENT_LAYOUT_WIDTH_EXCEEDED", "Invalid action row")
+            for i, button in enumerate(items):
+                where = f"{path}.{r}.components.{i}"
+                if button.get("type") != 2 or not (button.get("label") or button.get("emoji")):
+                    raise ApiError.form(where, "COMPONENT_INVALID", "Invalid component")
+                if button.get("style") == 5:
+                    if not button.get("url"):
+                        raise ApiError.form(f"{where}.url", "BASE_TYPE_REQUIRED", "This field is required")
+                    continue
+                custom_id = button.get("custom_id")
+                if not isinstance(custom_id, str) or not 1 <= len(custom_id) <= 100:
+                    raise ApiError.form(f"{where}.custom_id", "BASE_TYPE_BAD_LENGTH", "Must be 1-100 long.")
+                if custom_id in seen:
+                    raise ApiError.form(
+                        f"{where}.custom_id", "COMPONENT_CUSTOM_ID_DUPLICATED", "Custom id already used"
+                    )
+                seen.add(custom_id)
 
     def _mentions(self, content: str, allowed: JSON | None, replied: JSON | None) -> JSON:
         parse = {"users", "roles", "everyone"} if allowed is None else set(allowed.get("parse", []))
@@ -795,6 +871,12 @@ class DiscordEmulator:
             result["interaction"].update(response_message_id=msg["id"], response_message_loading=kind == 5,
                                          response_message_ephemeral=bool(flags & EPHEMERAL))  # fmt: skip
             result["resource"] = {"type": kind, "message": public(msg)}
+        elif kind in (6, 7) and it.message is not None:  # a click: acknowledged (6) or its message updated
+            if kind == 7:
+                await self._edit_message(it.message, data)
+            result["resource"] = {"type": kind}
+        elif kind in (6, 7):
+            raise ApiError(400, 40004, "Interaction has no message to update")
         it.responses.append(body)
         return _json(200, result)
 
