@@ -49,8 +49,15 @@ INTAKE_AT_ONCE = 24
 """Questions taken in at once; more wait their turn (a burst is queued, not refused)."""
 
 INTAKE_REDIS_SECONDS = 1.5
-"""Redis work of intake (seen? rate limit?) gets this long: Discord drops an interaction not acknowledged
-within 3 s, and a stalled Redis must not hold a question forever."""
+"""Redis work of intake (seen? rate limit?) gets this long where the platform needs an acknowledgement
+soon: Discord drops an interaction not deferred within 3 s."""
+
+PATIENT_INTAKE_SECONDS = 10.0
+"""Where nothing expires (a Slack event bolt has acked, a Discord message, a terminal line), intake waits
+out a Redis restart or a Sentinel failover this long before telling the asker it cannot reach the workers."""
+
+INTAKE_RETRY_SECONDS = 0.25
+"""Pause between two tries of intake's Redis work while Redis is unavailable."""
 
 SHUTDOWN_SECONDS = 10.0
 """At stop, questions being taken in get this long to be queued and recorded; relays and leases as long."""
@@ -205,29 +212,26 @@ class Conversations:
         verdict = self.verdict(question, reception)
         request_id = new_request_id()
         sink = reception.open_sink(request_id)
-        try:
-            async with asyncio.timeout(INTAKE_REDIS_SECONDS):
-                if question.followup and not await self._joined(question):
-                    return None
-                if isinstance(verdict, Refused):
-                    fresh = await self.book.first_sight(question.event_ids)
-                else:
-                    record = {"model": verdict.persona.model, "sink": sink.state()}
-                    fresh = await self.book.take(question.event_ids, request_id, record)
-                if not fresh:
-                    log.info("duplicate event ignored", event_id=question.event_ids[0])
-                    return None
-                wait = 0 if isinstance(verdict, Refused) else await self._rate_limit_wait(question)
-                notify_wait = wait > 0 and (
-                    reception.answers_every_refusal or await self._first_notice(question, wait)
-                )
-        except (*REDIS_ERRORS, TimeoutError):
-            log.warning("redis unreachable, question not taken", event_id=question.event_ids[0])
-            with contextlib.suppress(*REDIS_ERRORS):
-                await self.book.forget(request_id)
-            if question.explicit:
-                await reception.tell(messages.QUEUE_UNREACHABLE, privately=False)
+        give_up_at = time.monotonic() + reception.intake_patience_seconds
+        while True:
+            try:
+                async with asyncio.timeout(max(give_up_at - time.monotonic(), INTAKE_RETRY_SECONDS)):
+                    screened = await self._screen_in_redis(question, reception, verdict, request_id, sink)
+                break
+            except (*REDIS_ERRORS, TimeoutError):
+                # Marking seen is idempotent per request id: repeating a try whose reply was lost is safe.
+                if time.monotonic() + INTAKE_RETRY_SECONDS < give_up_at:
+                    await asyncio.sleep(INTAKE_RETRY_SECONDS)
+                    continue
+                log.warning("redis unreachable, question not taken", event_id=question.event_ids[0])
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await self.book.forget(request_id)
+                if question.explicit:
+                    await reception.tell(messages.QUEUE_UNREACHABLE, privately=False)
+                return None
+        if screened is None:
             return None
+        wait, notify_wait = screened
         if isinstance(verdict, Refused):
             if question.explicit:
                 await reception.tell(verdict.text, privately=verdict.privately)
@@ -245,6 +249,32 @@ class Conversations:
             await self._forget(request_id)
             return None
         return await self._start_answer(question, reception, verdict, request_id, sink)
+
+    async def _screen_in_redis(
+        self,
+        question: Question,
+        reception: Reception,
+        verdict: Resolution | Refused,
+        request_id: str,
+        sink: AnswerSink,
+    ) -> tuple[int, bool] | None:
+        """Seen before? (marked seen and recorded at once) then rate limit: the seconds to wait and whether to
+        say so; None when the question is not for us or was seen before. Raises on Redis errors."""
+        if question.followup and not await self._joined(question):
+            return None
+        if isinstance(verdict, Refused):
+            fresh = await self.book.first_sight(question.event_ids, request_id)
+        else:
+            record = {"model": verdict.persona.model, "sink": sink.state()}
+            fresh = await self.book.take(question.event_ids, request_id, record)
+        if not fresh:
+            log.info("duplicate event ignored", event_id=question.event_ids[0])
+            return None
+        wait = 0 if isinstance(verdict, Refused) else await self._rate_limit_wait(question)
+        notify_wait = wait > 0 and (
+            reception.answers_every_refusal or await self._first_notice(question, wait)
+        )
+        return wait, notify_wait
 
     async def _joined(self, question: Question) -> bool:
         assert question.conversation_id is not None

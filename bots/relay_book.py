@@ -58,9 +58,10 @@ return 0
 _TAKE = """
 local seen = #KEYS - 3
 for i = 1, seen do
-  if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
+  local taker = redis.call('GET', KEYS[i])
+  if taker and taker ~= ARGV[6] then return 0 end
 end
-for i = 1, seen do redis.call('SET', KEYS[i], '1', 'EX', ARGV[1]) end
+for i = 1, seen do redis.call('SET', KEYS[i], ARGV[6], 'EX', ARGV[1]) end
 if ARGV[4] ~= '' then
   redis.call('SET', KEYS[seen + 1], ARGV[2], 'EX', ARGV[3])
   redis.call('SET', KEYS[seen + 2], ARGV[4], 'EX', ARGV[5])
@@ -87,12 +88,16 @@ class RelayBook:
     def _lease(self, request_id: str) -> str:
         return keys.relay_lease(self._platform, request_id)
 
-    async def first_sight(self, event_ids: tuple[str, ...]) -> bool:
-        """Mark a question's ids seen; False if any was seen before (a retry, replay or twin)."""
-        return await self._mark(event_ids, request_id="", state=None)
+    async def first_sight(self, event_ids: tuple[str, ...], request_id: str) -> bool:
+        """Mark a question's ids seen; False if any was seen before (a retry, replay or twin).
+
+        Seen by `request_id` means this intake: trying again after a lost reply still counts as the first.
+        """
+        return await self._mark(event_ids, request_id=request_id, state=None)
 
     async def take(self, event_ids: tuple[str, ...], request_id: str, state: dict[str, Any]) -> bool:
-        """Mark a question seen, record its answer and lease it, all at once; False if seen before."""
+        """Mark a question seen, record its answer and lease it, all at once; False if seen before
+        (by another intake than this `request_id`'s: repeating a try whose reply was lost is safe)."""
         return await self._mark(event_ids, request_id=request_id, state=state)
 
     async def _mark(

@@ -53,6 +53,7 @@ class Reception(Protocol):
 
     empty_hint: str  # said when the question has no text (just a mention)
     answers_every_refusal: bool  # an interaction must be answered, even a second rate-limit refusal
+    intake_patience_seconds: float  # how long intake may wait out a Redis outage before refusing
 
     def open_sink(self, request_id: str) -> AnswerSink:
         """Where the answer will be shown (nothing is posted yet)."""

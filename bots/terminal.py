@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from bots.access import AccessRules, Asker, RateLimit, Refusal
-from bots.conversation import Question
+from bots.conversation import PATIENT_INTAKE_SECONDS, Question
 from bots.relay import ChannelPacer
 from bots.relay_book import REDIS_ERRORS
 from bots.surface import AnswerEditor, AnswerSink
@@ -147,10 +147,10 @@ class TerminalAdapter:
 
     platform = Platform.TERMINAL
 
-    def __init__(self, *, queue: RequestQueue, out: TextIO, keep_for_rating: bool) -> None:
+    def __init__(self, *, queue: RequestQueue, out: TextIO, rates_answers: bool) -> None:
         self.queue = queue
         self.out = out
-        self.keep_for_rating = keep_for_rating  # the chat offers /good and /bad
+        self.rates_answers = rates_answers  # the chat offers /good and /bad, unless feedback is off
 
     def question(
         self, text: str, *, user: UserRef, persona: Persona, history: list[Turn]
@@ -197,6 +197,7 @@ class TerminalReception:
     stopped: bool = False
     empty_hint: str = messages.TERMINAL_EMPTY  # not met in practice: the prompt skips empty lines
     answers_every_refusal: bool = True  # the person at the keyboard waits for a reply to every line
+    intake_patience_seconds: float = PATIENT_INTAKE_SECONDS
 
     def open_sink(self, request_id: str) -> TerminalSink:
         self.request_id = request_id
@@ -230,7 +231,6 @@ class TerminalReception:
             channel_name=CHANNEL_ID,
             persona=persona,
             turns=[*self.history, self.asked()],
-            keep_for_rating=self.adapter.keep_for_rating,
         )
 
     async def stop(self) -> None:

@@ -39,7 +39,7 @@ async def final_channel_text(bot: RunningBot) -> str:
         shown = [m for m in bot.messages_in(GENERAL) if "interaction_metadata" not in m]
         return str(shown[-1]["content"]) if shown and not is_in_progress(str(shown[-1]["content"])) else None
 
-    return str(await bot.emulator.wait_until(finished, 15))
+    return str(await bot.emulator.wait_until(finished, 40))
 
 
 @pytest.mark.parametrize("discord_bot", [{"redis_url": "redis://127.0.0.1:1/0"}], indirect=True)

@@ -79,7 +79,7 @@ async def test_slack_retry_of_the_same_event_is_not_answered_twice(
 @pytest.mark.parametrize("slack_bot", [{"redis_url": "redis://127.0.0.1:1/0"}], indirect=True)
 async def test_unreachable_redis_gets_a_short_reply(slack_bot: SlackBot) -> None:
     thread = await mention(slack_bot, f"<@{slack_bot.emulator.bot_user_id}> hello")
-    await slack_bot.emulator.wait_until(lambda: bool(slack_bot.bot_messages("C1", thread)), timeout=15)
+    await slack_bot.emulator.wait_until(lambda: bool(slack_bot.bot_messages("C1", thread)), timeout=40)
     [reply] = slack_bot.bot_messages("C1", thread)
     assert reply.markdown_text == messages.QUEUE_UNREACHABLE
 
@@ -94,7 +94,7 @@ async def test_front_end_survives_redis_outage_and_recovers(
     async with slack_bot_running(slack_emulator, settings(redis_url=private_redis.url)) as bot:
         private_redis.stop()
         first = await mention(bot, f"<@{bot.emulator.bot_user_id}> are you there?")
-        await bot.emulator.wait_until(lambda: bool(bot.bot_messages("C1", first)), timeout=15)
+        await bot.emulator.wait_until(lambda: bool(bot.bot_messages("C1", first)), timeout=40)
         assert [m.markdown_text for m in bot.bot_messages("C1", first)] == [messages.QUEUE_UNREACHABLE]
 
         private_redis.start()

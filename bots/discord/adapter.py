@@ -10,7 +10,7 @@ from typing import Any
 import discord
 
 from bots.access import Refusal
-from bots.conversation import Question
+from bots.conversation import INTAKE_REDIS_SECONDS, PATIENT_INTAKE_SECONDS, Question
 from bots.discord.conversation import DiscordQuestion, conversation_before
 from bots.discord.sinks import (
     INTERACTION_TOKEN_SECONDS,
@@ -182,6 +182,7 @@ class MessageReception:
     bot_user_id: int
     empty_hint: str = messages.EMPTY_MENTION
     answers_every_refusal: bool = False
+    intake_patience_seconds: float = PATIENT_INTAKE_SECONDS  # a message waits; nothing expires
 
     def open_sink(self, request_id: str) -> ChannelSink:
         return self.adapter.channel_sink(
@@ -216,6 +217,7 @@ class InteractionReception:
     private: bool
     empty_hint: str = messages.DISCORD_EMPTY_ASK
     answers_every_refusal: bool = True  # an interaction left unanswered shows as failed
+    intake_patience_seconds: float = INTAKE_REDIS_SECONDS  # Discord drops it unless deferred within 3 s
 
     def open_sink(self, request_id: str) -> InteractionSink:
         return self.adapter.interaction_sink(self.interaction, private=self.private, request_id=request_id)

@@ -11,7 +11,7 @@ import redis.asyncio
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.access import Refusal
-from bots.conversation import Question
+from bots.conversation import PATIENT_INTAKE_SECONDS, Question
 from bots.relay import ChannelPacer
 from bots.relay_book import REDIS_ERRORS
 from bots.slack.context import PeopleDirectory, conversation_request
@@ -98,6 +98,7 @@ class SlackReception:
     sink: SlackAnswerSink | None = None
     empty_hint: str = messages.EMPTY_MENTION
     answers_every_refusal: bool = False
+    intake_patience_seconds: float = PATIENT_INTAKE_SECONDS  # bolt acked already: Slack will not retry
 
     def open_sink(self, request_id: str) -> SlackAnswerSink:
         asked = self.asked

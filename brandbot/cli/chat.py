@@ -207,7 +207,7 @@ def chat(
             import readline  # noqa: F401 - imported for its effect: line editing and history in input()
     login = getpass.getuser()
     queue = RequestQueue.from_settings(settings)
-    adapter = TerminalAdapter(queue=queue, out=sys.stdout, keep_for_rating=True)  # /good and /bad rate
+    adapter = TerminalAdapter(queue=queue, out=sys.stdout, rates_answers=settings.feedback_enabled)
     # No housekeeping: a terminal's answers are never resumed by another process (see `bots.terminal`).
     conversations = Conversations(
         adapter=adapter, settings=settings, queue=queue, prompts=prompts, access=lambda: TERMINAL_ACCESS
