@@ -51,6 +51,18 @@ WORKER_HEALTH_CHECK_SECONDS = 15
 """An idle worker connection is pinged before reuse after this long (a failover or a restart drops it)."""
 
 
+REDIS_OUTAGE = (
+    redis.ConnectionError,  # down or restarting (includes LOADING: still reading its append-only file)
+    redis.TimeoutError,  # silent: a partition
+    redis.exceptions.OutOfMemoryError,  # full (maxmemory with noeviction)
+    redis.exceptions.ReadOnlyError,  # a failed-over primary that is now a replica
+    redis.exceptions.ClusterDownError,  # includes MASTERDOWN
+    redis.exceptions.TryAgainError,
+)
+"""Errors that mean "Redis cannot serve us right now", as opposed to a bug in a command: every tier rides
+these out for a while (front-ends' intake and relays, the worker's replies)."""
+
+
 def sync_client(settings: Settings, *, pool_wait_seconds: float | None = None, **options: Any) -> redis.Redis:
     """A blocking client; `options` are redis-py pool and connection options (timeouts, pool size).
 

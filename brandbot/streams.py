@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from rq.job import Job, JobStatus
 
 from brandbot import keys
+from brandbot.connections import REDIS_OUTAGE
 from brandbot.contract import ReplyEvent, parse_reply_event
 from brandbot.errors import BrandbotError, QueueUnavailable
 from brandbot.logs import get_logger
@@ -62,15 +63,6 @@ RETRY_FIRST_SECONDS = 0.1
 RETRY_MAX_SECONDS = 2.0
 """Backoff between reads while Redis is unreachable: doubling from the first to the max."""
 
-REDIS_OUTAGE = (
-    redis.ConnectionError,  # includes LOADING (a restarted Redis reading its append-only file)
-    redis.TimeoutError,
-    redis.exceptions.OutOfMemoryError,
-    redis.exceptions.ReadOnlyError,  # a failed-over primary that is now a replica
-    redis.exceptions.ClusterDownError,  # includes MASTERDOWN
-    redis.exceptions.TryAgainError,
-)
-"""Errors that mean "Redis cannot serve us right now", as opposed to a bug in a command."""
 
 GIVEN_UP_STATUSES = frozenset({JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED, JobStatus.FINISHED})
 """Job states after which no worker will write to the stream again (a retry is QUEUED/SCHEDULED)."""

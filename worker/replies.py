@@ -9,6 +9,7 @@ from typing import Any
 import redis
 
 from brandbot import keys
+from brandbot.connections import REDIS_OUTAGE
 from brandbot.contract import ReplyEvent, reply_event_adapter
 from brandbot.errors import RepliesUnpublishable
 
@@ -18,21 +19,10 @@ PUBLISH_OUTAGE_SECONDS = 30.0
 PUBLISH_RETRY_SECONDS = 0.5
 """While Redis is unavailable, how often writing is tried again."""
 
-UNAVAILABLE = (
-    redis.ConnectionError,  # down or restarting (BusyLoadingError: still loading its data)
-    redis.TimeoutError,  # silent: a partition
-    redis.exceptions.OutOfMemoryError,  # full (maxmemory with noeviction)
-    redis.exceptions.ReadOnlyError,  # a replica now, e.g. after a failover
-    redis.exceptions.MasterDownError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.ClusterDownError,
-)
-"""Errors meaning "this Redis cannot take writes for now", as redis-py maps Redis's error replies."""
-
 
 def redis_unavailable(error: redis.RedisError) -> bool:
     """True when Redis cannot take writes for now (down, silent, full, read-only), not for a wrong command."""
-    return isinstance(error, UNAVAILABLE)
+    return isinstance(error, REDIS_OUTAGE)
 
 
 class ReplyPublisher:
