@@ -296,6 +296,15 @@ class PrivateRedis:
 
 
 @pytest.fixture
+def durable_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A private redis-server with append-only persistence: what it holds survives a restart."""
+    server = PrivateRedis(free_port(), appendonly=True, data_dir=tmp_path / "redis-data")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def private_redis() -> Iterator[PrivateRedis]:
     server = PrivateRedis(free_port())
     server.start()

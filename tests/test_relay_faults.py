@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from brandbot import keys, messages
 from brandbot.contract import DeltaEvent, ReplyEvent, StartEvent
 from brandbot.settings import Settings
 from brandbot.streams import REDIS_OUTAGE
-from tests.conftest import PrivateRedis, SlackBot, WorkerProcess, free_port, wait_for_worker
+from tests.conftest import PrivateRedis, SlackBot, WorkerProcess, wait_for_worker
 from tests.emulators.slack import SlackEmulator
 from tests.slack_fixtures import (
     MODEL_QUEUE,
@@ -77,14 +77,6 @@ async def test_question_that_kills_every_worker_ends_in_one_visible_error(
     await wait_for(one_error_shown, "the error in the thread")
     await asyncio.sleep(1.0)  # nothing else follows it
     assert [visible(m) for m in slack_bot.bot_messages("C1", question.ts)] == [messages.ANSWER_LOST]
-
-
-@pytest.fixture
-def durable_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(free_port(), appendonly=True, data_dir=tmp_path / "redis-data")
-    server.start()
-    yield server
-    server.stop()
 
 
 OUTAGE_SECONDS = 8.0

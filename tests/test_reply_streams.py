@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -271,14 +270,6 @@ def test_channel_pacer_forgets_channels_whose_turn_has_passed() -> None:
     threading.Event().wait(0.1)  # every turn above has passed
     assert pacer.try_acquire("C-new")
     assert pacer.channels == 1
-
-
-@pytest.fixture
-def durable_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(free_port(), appendonly=True, data_dir=tmp_path / "redis-data")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_reader_rides_out_a_redis_restart_and_resumes_each_stream(

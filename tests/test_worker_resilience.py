@@ -7,13 +7,10 @@ variables read by the worker's entry point): a slow slot start-up, an engine tha
 
 from __future__ import annotations
 
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import redis
 from rq import Queue, Worker
 from rq.job import Job
@@ -132,39 +129,6 @@ def test_engine_death_exits_non_zero_and_its_questions_are_answered_by_another_w
         assert done.attempt == max(e.attempt for e in events if isinstance(e, StartEvent))
 
 
-@dataclass
-class AppendOnlyRedis(PrivateRedis):
-    """A private redis-server with append-only persistence: its streams survive a restart."""
-
-    data_dir: Path = Path()
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""),
-                *("--appendonly", "yes", "--dir", str(self.data_dir)),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        wait_for(lambda: _answers(client), 10, "the private redis-server")
-
-
-def _answers(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
-
-
-@pytest.fixture
-def appendonly_redis(tmp_path: Path) -> Iterator[AppendOnlyRedis]:
-    server = AppendOnlyRedis(free_port(), data_dir=tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
 def start_worker_on(
     start_worker: Callable[..., WorkerProcess], server: PrivateRedis, **overrides: object
 ) -> WorkerProcess:
@@ -191,18 +155,18 @@ def test_a_redis_restart_mid_answer_ends_in_one_complete_answer_and_the_worker_s
     start_worker: Callable[..., WorkerProcess],
     settings: Callable[..., Settings],
     prompts_dir: Path,
-    appendonly_redis: AppendOnlyRedis,
+    durable_redis: PrivateRedis,
 ) -> None:
     (prompts_dir / "personas" / "medium.yaml").write_text(MEDIUM_PERSONA)
-    worker = start_worker_on(start_worker, appendonly_redis)
-    client = redis.Redis.from_url(appendonly_redis.url)
-    on_private = settings(redis_url=appendonly_redis.url)
+    worker = start_worker_on(start_worker, durable_redis)
+    client = redis.Redis.from_url(durable_redis.url)
+    on_private = settings(redis_url=durable_redis.url)
     request = a_request("hello 0", "medium")
     enqueue(on_private, request)
     wait_for(lambda: streaming(client, request.request_id), 30, "the answer to start")
-    appendonly_redis.stop()
+    durable_redis.stop()
     time.sleep(3)  # a restart of a few seconds, while the worker goes on generating
-    appendonly_redis.start()
+    durable_redis.start()
     wait_for(lambda: bool(dones(client, request.request_id)), 90, "the answer to finish")
     events = events_of(client, request.request_id)
     [done] = dones(client, request.request_id)
@@ -218,31 +182,31 @@ def test_redis_gone_longer_than_a_reply_may_wait_frees_the_engine_and_the_worker
     start_worker: Callable[..., WorkerProcess],
     settings: Callable[..., Settings],
     long_persona: str,  # noqa: F811
-    appendonly_redis: AppendOnlyRedis,
+    durable_redis: PrivateRedis,
 ) -> None:
     port = free_port()
     worker = start_worker_on(
         start_worker,
-        appendonly_redis,
+        durable_redis,
         metrics_port=port,
         generation_deadline_seconds=600,
         env={PUBLISH_OUTAGE: str(OUTAGE_WINDOW_SECONDS)},
     )
-    client = redis.Redis.from_url(appendonly_redis.url)
-    on_private = settings(redis_url=appendonly_redis.url)
+    client = redis.Redis.from_url(durable_redis.url)
+    on_private = settings(redis_url=durable_redis.url)
     # Greedy answers of random weights end at random lengths: of six, some are still generating when
     # the outage outlasts what a reply may wait.
     requests = [a_request(f"hello {i}", long_persona) for i in range(6)]
     enqueue(on_private, *requests)
     wait_for(lambda: all(streaming(client, r.request_id) for r in requests), 30, "the answers to start")
-    appendonly_redis.stop()
+    durable_redis.stop()
     let_go = OUTAGE_WINDOW_SECONDS + 30
     wait_for(lambda: engine_requests(port) == 0, let_go, "the engine to let the answers go")
     assert worker.process.poll() is None
     assert "generation stopped" in worker.log()
     # The slot of a stopped answer cannot record the job's end without Redis: RQ's loop in it ends.
     wait_for(lambda: "job slot stopped" in worker.log(), 30, "a slot's RQ loop to end")
-    appendonly_redis.start()
+    durable_redis.start()
     following = a_request("still there?")
     enqueue(on_private, following)
     wait_for(lambda: bool(dones(client, following.request_id)), 120, "the next answer")
