@@ -255,10 +255,16 @@ class PrivateRedis:
     appendonly: bool = False
     """Persist every write to an append-only file (in `data_dir`), so data survives a restart."""
     data_dir: Path | None = None
+    password: str | None = None
+    """Set: the server requires it (`requirepass`), and `url` carries it."""
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        login = f":{self.password}@" if self.password else ""
+        return f"redis://{login}127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
 
     def start(self) -> None:
         if self.data_dir is not None:
@@ -275,10 +281,11 @@ class PrivateRedis:
                 "--appendonly",
                 "yes" if self.appendonly else "no",
                 *(["--dir", str(self.data_dir)] if self.data_dir is not None else []),
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port)
+        client = self.client()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:

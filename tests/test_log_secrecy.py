@@ -14,7 +14,6 @@ What each one writes (standard output and standard error) is scanned line by lin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 import shutil
@@ -31,7 +30,6 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-import redis
 from pydantic import AnyHttpUrl, SecretStr
 from rq import Queue
 from rq.serializers import JSONSerializer
@@ -39,7 +37,7 @@ from rq.serializers import JSONSerializer
 from brandbot import keys, messages
 from brandbot.contract import DoneEvent, parse_reply_event
 from brandbot.settings import Settings, SlackMode
-from tests.conftest import REPO, free_port, worker_env
+from tests.conftest import REPO, PrivateRedis, free_port, worker_env
 from tests.discord_fixtures import ALICE, GENERAL, GUILD_ID, MEMBER_ROLE, is_in_progress
 from tests.emulators.discord import DiscordEmulator
 from tests.emulators.slack import Message, SlackEmulator
@@ -56,43 +54,6 @@ def mark() -> str:
 
 
 # ---------------------------------------------------------------------- parts of the run
-@dataclass
-class LockedRedis:
-    """A redis-server of the test's own that needs a password; stopped and started again on the same port."""
-
-    port: int
-    password: str = field(default_factory=lambda: f"pw-{secrets.token_hex(12)}")
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url)
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--requirepass", self.password,
-             "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = self.client()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(redis.ConnectionError):
-                client.ping()
-                return
-            time.sleep(0.05)
-        raise AssertionError("private redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
-
-
 @dataclass
 class Tier:
     """One `brandbot` subprocess; everything it prints goes to `log_path`."""
@@ -154,7 +115,7 @@ class Run:
     """Everything one run started; `forbidden` grows as questions are asked and answers seen."""
 
     tmp: Path
-    redis_server: LockedRedis
+    redis_server: PrivateRedis
     slack: SlackEmulator
     discord: DiscordEmulator
     base: Settings
@@ -233,8 +194,9 @@ async def emulators() -> AsyncIterator[tuple[SlackEmulator, DiscordEmulator]]:
 
 
 @pytest.fixture
-def locked_redis() -> Iterator[LockedRedis]:
-    server = LockedRedis(free_port())
+def locked_redis() -> Iterator[PrivateRedis]:
+    """A private redis-server that needs a password (one more secret the logs must keep)."""
+    server = PrivateRedis(free_port(), password=f"pw-{secrets.token_hex(12)}")
     server.start()
     yield server
     server.stop()
@@ -249,7 +211,7 @@ async def test_no_question_answer_or_secret_reaches_any_log_even_when_every_tier
     level: str,
     log_format: str,
     emulators: tuple[SlackEmulator, DiscordEmulator],
-    locked_redis: LockedRedis,
+    locked_redis: PrivateRedis,
     settings: Callable[..., Settings],
     tiny_model: Path,
     tmp_path: Path,
