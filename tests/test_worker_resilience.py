@@ -101,6 +101,11 @@ def test_a_one_at_a_time_engine_gets_one_slot_and_another_worker_takes_the_next_
     queue = Queue(keys.model_queue("default"), connection=redis_client, serializer=JSONSerializer)
     assert queue.count >= 4, "a one-at-a-time engine's worker took several questions at once"
     start_worker(worker_concurrency=4, env={ENGINE_BATCH_LIMIT: "1"})
+    # On an idle machine the first worker may have answered the lot while the second started: questions
+    # asked now, with both up, show that the next one goes to the idle worker instead of waiting.
+    later = [a_request(f"hello again {i}", "medium") for i in range(6)]
+    enqueue(settings(), *later)
+    requests += later
     for request in requests:
         wait_for(lambda r=request: bool(dones(redis_client, r.request_id)), 180, "every answer")  # type: ignore[misc]
     assert len({worker_of(redis_client, r.request_id) for r in requests}) == 2
