@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -29,6 +28,7 @@ from tests.slack_fixtures import (
     slack_running,
     visible,
 )
+from worker.faults import DIE_ON_PROMPT_TEXT
 from worker.replies import ReplyPublisher
 
 FAST_RECOVERY = {"job_heartbeat_ttl_seconds": 3, "recovery_interval_seconds": 1.0}
@@ -59,12 +59,9 @@ async def test_question_that_kills_every_worker_ends_in_one_visible_error(
     slack_bot: SlackBot,
     start_worker: Callable[..., WorkerProcess],
     redis_client: redis.Redis,
-    prompts_dir: Path,
 ) -> None:
-    # A long answer, so each worker is still writing it when it is killed, also on an idle machine.
-    persona = prompts_dir / "personas" / "default.yaml"
-    persona.write_text(persona.read_text().replace("max_new_tokens: 256", "max_new_tokens: 2000"))
-    worker = start_worker(**FAST_RECOVERY)
+    poisoned = {"env": {DIE_ON_PROMPT_TEXT: "the poison question"}, **FAST_RECOVERY}
+    worker = start_worker(**poisoned)
     slack = slack_bot.emulator
     question, envelope = await slack.send_user_message(
         channel="C1", user="U1", text=f"<@{slack.bot_user_id}> the poison question", event_type="app_mention"
@@ -74,8 +71,10 @@ async def test_question_that_kills_every_worker_ends_in_one_visible_error(
     request_id = only_request_id(redis_client)
     for attempt in (1, 2):  # one try and RQ's one retry, each on a worker that dies of it
         await wait_for(lambda n=attempt: attempt_started(redis_client, request_id, n), f"attempt {attempt}")
-        worker.stop(signal.SIGKILL)
-        worker = start_worker(**FAST_RECOVERY)  # notices the abandoned job: a retry, then RQ gives up
+        await wait_for(
+            lambda w=worker: w.process.poll() is not None, f"the worker killed by attempt {attempt}"
+        )
+        worker = start_worker(**poisoned)  # notices the abandoned job: a retry, then RQ gives up
 
     def one_error_shown() -> bool:
         return [visible(m) for m in slack_bot.bot_messages("C1", question.ts)] == [messages.ANSWER_LOST]

@@ -9,13 +9,15 @@ without flash-attn), an engine whose generation thread dies, and a shorter wait 
 from __future__ import annotations
 
 import ctypes
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from brandbot.logs import get_logger
-from worker.engines.base import Engine
+from worker.engines.base import Engine, GenerationStream, SamplingSettings
 
 log = get_logger(__name__)
 
@@ -23,6 +25,7 @@ SLOT_START_DELAY = "BRANDBOT_TEST_SLOT_START_DELAY_SECONDS"
 ENGINE_BATCH_LIMIT = "BRANDBOT_TEST_ENGINE_BATCH_LIMIT"
 KILL_ENGINE_THREAD_AT_IN_FLIGHT = "BRANDBOT_TEST_KILL_ENGINE_THREAD_AT_IN_FLIGHT"
 PUBLISH_OUTAGE = "BRANDBOT_TEST_PUBLISH_OUTAGE_SECONDS"
+DIE_ON_PROMPT_TEXT = "BRANDBOT_TEST_DIE_ON_PROMPT_TEXT"
 
 WATCH_INTERVAL_SECONDS = 0.01
 
@@ -45,6 +48,10 @@ class WorkerFaults:
     publish_outage_seconds: float | None = None
     """A reply waits this long for Redis instead of `PUBLISH_OUTAGE_SECONDS` (a test need not wait 30 s)."""
 
+    die_on_prompt_text: str | None = None
+    """The worker process kills itself (SIGKILL) when a prompt holding this text reaches the engine: a
+    poison question, deterministic however fast the model would have answered it."""
+
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> WorkerFaults:
         def number(name: str) -> int | None:
@@ -55,6 +62,7 @@ class WorkerFaults:
             engine_batch_limit=number(ENGINE_BATCH_LIMIT),
             kill_engine_thread_at_in_flight=number(KILL_ENGINE_THREAD_AT_IN_FLIGHT),
             publish_outage_seconds=float(environ[PUBLISH_OUTAGE]) if environ.get(PUBLISH_OUTAGE) else None,
+            die_on_prompt_text=environ.get(DIE_ON_PROMPT_TEXT) or None,
         )
 
     def delay_slot_start(self, setup: Callable[[], object]) -> Callable[[], object]:
@@ -69,6 +77,7 @@ class WorkerFaults:
 
     def arm(self, engine: Engine) -> None:
         """Start watching `engine`; kill its generation thread once enough requests are in it."""
+        self._arm_poison(engine)
         threshold = self.kill_engine_thread_at_in_flight
         thread = engine.generation_thread
         if threshold is None or thread is None:
@@ -84,3 +93,19 @@ class WorkerFaults:
             )
 
         threading.Thread(target=watch, name="fault-kill-engine-thread", daemon=True).start()
+
+    def _arm_poison(self, engine: Engine) -> None:
+        poison = self.die_on_prompt_text
+        if not poison:
+            return
+        submit = engine.submit
+
+        def submit_or_die(
+            prompt: str, sampling: SamplingSettings, *, deadline_seconds: float
+        ) -> GenerationStream:
+            if poison in prompt:
+                log.warning("fault injection: the worker dies of a poison question")
+                os.kill(os.getpid(), signal.SIGKILL)
+            return submit(prompt, sampling, deadline_seconds=deadline_seconds)
+
+        setattr(engine, "submit", submit_or_die)  # noqa: B010 - an instance attribute over the method
