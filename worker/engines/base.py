@@ -39,6 +39,8 @@ class SamplingSettings:
     repetition_penalty: float = 1.0
     max_new_tokens: int = 256
     stop_strings: tuple[str, ...] = ()
+    banned_phrases: tuple[str, ...] = ()
+    """Never generated (case-insensitive, across token boundaries): enforced while decoding, not after."""
     seed: int | None = None
 
 
