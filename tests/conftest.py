@@ -33,7 +33,21 @@ from brandbot.settings import Settings
 from tests.emulators.slack import Message, SlackEmulator
 
 REPO = Path(__file__).resolve().parent.parent
-TEST_REDIS_URL = os.environ.get("BRANDBOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+
+
+def redis_url_for_this_worker() -> str:
+    """`BRANDBOT_TEST_REDIS_URL` (database 9 by default); each pytest-xdist worker takes the next database,
+    so parallel workers never flush each other's data."""
+    base = os.environ.get("BRANDBOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    offset = int(worker.removeprefix("gw") or 0)
+    if not offset:
+        return base
+    stem, _, database = base.rpartition("/")
+    return f"{stem}/{int(database or 0) + offset}"
+
+
+TEST_REDIS_URL = redis_url_for_this_worker()
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
