@@ -1,11 +1,11 @@
 """`brandbot bench slack`: a burst of mentions through the Slack emulator, timing the Slack front-end.
 
 Not a test: it reports figures. The real front-end (bolt, slack_sdk, Socket Mode, Redis, RQ) runs in
-this process; Slack (the test suite's emulator, `tests/emulators/slack.py`, imported from the source
-tree: the bench runs from a source checkout), the people asking and the workers run in a second
-process, as they are other machines in production, so their work does not compete with the
-front-end's for this interpreter. The workers are stood in for by a replier answering each job at once
-through the worker's own `ReplyPublisher`: the figures are the front-end's, not a model's.
+this process; Slack (the emulator in `brandbot/emulators/slack.py`), the people asking and the
+workers run in a second process, as they are other machines in production, so their work does not
+compete with the front-end's for this interpreter. The workers are stood in for by a replier
+answering each job at once through the worker's own `ReplyPublisher`: the figures are the
+front-end's, not a model's.
 
 - ack latency: an event envelope sent → its ack received (Slack retries after 3 s without one);
 - enqueue latency: the event reaching its listener → its job in Redis;
@@ -21,13 +21,11 @@ import asyncio
 import contextlib
 import multiprocessing
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -46,7 +44,7 @@ from brandbot.settings import Settings
 from worker.replies import ReplyPublisher
 
 if TYPE_CHECKING:
-    from tests.emulators.slack import SlackEmulator
+    from brandbot.emulators.slack import SlackEmulator
 
 BENCH_ANSWER = "A benchmark answer: short, so the figures are the front-end's, not a model's."
 ACK_WAIT_SECONDS = 60.0
@@ -194,14 +192,7 @@ async def _slack_side(pipe: Connection, plan: Plan) -> None:
 
 
 def load_emulator() -> type[SlackEmulator]:
-    """The emulator lives with the tests; the bench runs from a source checkout that has them."""
-    checkout = Path(__file__).resolve().parent.parent
-    if not (checkout / "tests" / "emulators" / "slack.py").exists():
-        raise SystemExit(
-            "brandbot bench slack runs from a source checkout (it needs tests/emulators/slack.py)"
-        )
-    sys.path.insert(0, str(checkout))
-    from tests.emulators.slack import SlackEmulator
+    from brandbot.emulators.slack import SlackEmulator
 
     return SlackEmulator
 

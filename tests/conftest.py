@@ -27,10 +27,10 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from bots.slack import build_slack_app
 from brandbot import keys, messages
 from brandbot.contract import DoneEvent, FinishReason
+from brandbot.emulators.slack import Message, SlackEmulator
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.queue import RequestQueue
 from brandbot.settings import Settings
-from tests.emulators.slack import Message, SlackEmulator
 
 REPO = Path(__file__).resolve().parent.parent
 

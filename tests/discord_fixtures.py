@@ -41,10 +41,10 @@ from brandbot.contract import (
     Usage,
     parse_reply_event,
 )
+from brandbot.emulators.discord import DiscordEmulator, make_user
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.queue import RequestQueue
 from brandbot.settings import Settings
-from tests.emulators.discord import DiscordEmulator, make_user
 from worker.replies import ReplyPublisher
 
 JSON = dict[str, Any]

@@ -37,11 +37,11 @@ from brandbot.contract import (
     Usage,
     parse_reply_event,
 )
+from brandbot.emulators.slack import Message, SlackEmulator
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.queue import RequestQueue
 from brandbot.settings import Settings, SlackMode
 from tests.conftest import free_port
-from tests.emulators.slack import Message, SlackEmulator
 from worker.replies import ReplyPublisher
 
 SIGNING_SECRET = "test-signing-secret"

@@ -13,6 +13,8 @@ import redis
 from rq.job import Job
 
 from brandbot import keys, messages
+from brandbot.emulators.discord import public
+from brandbot.emulators.slack import SlackEmulator
 from brandbot.settings import Settings
 from tests.core_fixtures import inflight_records
 from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
@@ -25,8 +27,6 @@ from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
     discord_emulator,
     scripted_worker,
 )
-from tests.emulators.discord import public
-from tests.emulators.slack import SlackEmulator
 from tests.slack_fixtures import answer_with, is_final_answer, slack_running, visible
 from tests.slack_fixtures import scripted_worker as slack_worker
 

@@ -11,6 +11,7 @@ import redis
 
 from brandbot import messages
 from brandbot.contract import Role
+from brandbot.emulators.discord import DiscordEmulator
 from brandbot.settings import Settings
 from tests.conftest import WorkerProcess, length_note
 from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
@@ -30,7 +31,6 @@ from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
     queued_request,
     scripted_worker,
 )
-from tests.emulators.discord import DiscordEmulator
 
 ROUTING = f"""
 default_persona: default

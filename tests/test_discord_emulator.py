@@ -1,4 +1,4 @@
-"""The real discord.py client (commands.Bot + app_commands tree) against tests/emulators/discord.py."""
+"""The real discord.py client (commands.Bot + app_commands tree) against brandbot/emulators/discord.py."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
-from tests.emulators.discord import DiscordEmulator, make_user
+from brandbot.emulators.discord import DiscordEmulator, make_user
 
 pytestmark = pytest.mark.asyncio
 

@@ -12,6 +12,7 @@ import redis
 
 from brandbot import keys, messages
 from brandbot.contract import DeltaEvent, FinishReason, StartEvent
+from brandbot.emulators.discord import ApiError, DiscordEmulator
 from brandbot.settings import Settings
 from tests.conftest import WorkerProcess
 from tests.core_fixtures import inflight_records
@@ -26,7 +27,6 @@ from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
     is_in_progress,
     scripted_worker,
 )
-from tests.emulators.discord import ApiError, DiscordEmulator
 
 ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original"
 CHANNEL_MESSAGES = rf"/channels/{GENERAL}/messages"

@@ -19,6 +19,7 @@ import redis.asyncio
 from bots.discord.rating import CUSTOM_ID_PREFIX
 from brandbot import keys, messages
 from brandbot.contract import DeltaEvent, GenerationRequest, StartEvent
+from brandbot.emulators.discord import DiscordEmulator
 from brandbot.feedback import FeedbackRecorder, FeedbackStore, RatingFilter
 from brandbot.settings import Settings
 from tests.conftest import WorkerProcess
@@ -38,7 +39,6 @@ from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
     is_in_progress,
     scripted_worker,
 )
-from tests.emulators.discord import DiscordEmulator
 
 JSON = dict[str, Any]
 EPHEMERAL = 1 << 6

@@ -13,6 +13,7 @@ from rq.job import Job
 from bots.splitting import split_message
 from brandbot import messages
 from brandbot.contract import DeltaEvent, StartEvent
+from brandbot.emulators.discord import DiscordEmulator, public
 from brandbot.settings import Settings
 from tests.conftest import WorkerProcess, length_note
 from tests.core_fixtures import inflight_records
@@ -31,7 +32,6 @@ from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
     is_in_progress,
     scripted_worker,
 )
-from tests.emulators.discord import DiscordEmulator, public
 
 
 def texts_in(bot: RunningBot) -> list[str]:

@@ -17,6 +17,7 @@ from pydantic import AnyHttpUrl, SecretStr
 
 from bots.discord import run_discord
 from brandbot import messages
+from brandbot.emulators.discord import GUILD_MEMBERS, DiscordEmulator
 from brandbot.errors import SettingsError
 from brandbot.settings import Settings
 from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
@@ -27,7 +28,6 @@ from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
     discord_emulator,
     scripted_worker,
 )
-from tests.emulators.discord import GUILD_MEMBERS, DiscordEmulator
 
 
 def pointed_at(emulator: DiscordEmulator, base: Settings, *, token: str | None = None) -> Settings:

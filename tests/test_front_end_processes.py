@@ -19,12 +19,12 @@ import redis
 from pydantic import AnyHttpUrl, SecretStr
 
 from brandbot import messages
+from brandbot.emulators.discord import DiscordEmulator
+from brandbot.emulators.slack import Message, SlackEmulator
 from brandbot.settings import Settings
 from tests.conftest import REPO, WorkerProcess, worker_env
 from tests.core_fixtures import inflight_records
 from tests.discord_fixtures import discord_emulator  # noqa: F401 (fixture by name)
-from tests.emulators.discord import DiscordEmulator
-from tests.emulators.slack import Message, SlackEmulator
 from tests.slack_fixtures import front_end_settings, is_final_answer, visible
 
 BURST = 12

@@ -36,11 +36,11 @@ from rq.serializers import JSONSerializer
 
 from brandbot import keys, messages
 from brandbot.contract import DoneEvent, parse_reply_event
+from brandbot.emulators.discord import DiscordEmulator
+from brandbot.emulators.slack import Message, SlackEmulator
 from brandbot.settings import Settings, SlackMode
 from tests.conftest import REPO, PrivateRedis, free_port, worker_env
 from tests.discord_fixtures import ALICE, GENERAL, GUILD_ID, MEMBER_ROLE, is_in_progress
-from tests.emulators.discord import DiscordEmulator
-from tests.emulators.slack import Message, SlackEmulator
 from tests.slack_fixtures import settled, visible
 
 ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original"

@@ -25,9 +25,9 @@ from ruamel.yaml import YAML
 
 from brandbot import keys
 from brandbot.connections import sync_client
+from brandbot.emulators.slack import SlackEmulator
 from brandbot.settings import Settings
 from tests.conftest import REPO, free_port
-from tests.emulators.slack import SlackEmulator
 from tests.redis_servers import LockedRedis, make_certificates, start_worker_on
 from tests.slack_fixtures import slack_running, visible
 

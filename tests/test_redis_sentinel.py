@@ -19,9 +19,9 @@ import pytest
 
 from brandbot import keys, messages
 from brandbot.connections import async_client, sync_client
+from brandbot.emulators.slack import Message, SlackEmulator
 from brandbot.settings import Settings
 from tests.conftest import REPO, free_port, length_note
-from tests.emulators.slack import Message, SlackEmulator
 from tests.redis_servers import SentinelSet, start_worker_on
 from tests.slack_fixtures import done_of, settled, slack_running, visible
 

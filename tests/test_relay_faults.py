@@ -16,10 +16,10 @@ import redis
 
 from brandbot import keys, messages
 from brandbot.contract import DeltaEvent, ReplyEvent, StartEvent
+from brandbot.emulators.slack import SlackEmulator
 from brandbot.settings import Settings
 from brandbot.streams import REDIS_OUTAGE
 from tests.conftest import PrivateRedis, SlackBot, WorkerProcess, wait_for_worker
-from tests.emulators.slack import SlackEmulator
 from tests.slack_fixtures import (
     MODEL_QUEUE,
     done,

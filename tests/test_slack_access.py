@@ -9,8 +9,8 @@ import redis
 
 from bots.access import AccessRules
 from brandbot import messages
+from brandbot.emulators.slack import Message, SlackEmulator
 from brandbot.settings import Settings
-from tests.emulators.slack import Message, SlackEmulator
 from tests.slack_fixtures import MODEL_QUEUE, answer_with, scripted_worker, slack_running
 
 ANSWER = "Allowed, so answered."

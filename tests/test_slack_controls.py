@@ -13,10 +13,10 @@ from bots.access import AccessRules
 from bots.slack.blocks import FEEDBACK_BAD_ACTION, FEEDBACK_GOOD_ACTION, STOP_ACTION
 from brandbot import keys, messages
 from brandbot.contract import FinishReason
+from brandbot.emulators.slack import SlackEmulator
 from brandbot.feedback import FeedbackRecorder, FeedbackStore, RatingFilter
 from brandbot.settings import Settings
 from tests.conftest import WorkerProcess
-from tests.emulators.slack import SlackEmulator
 from tests.slack_fixtures import (
     answer_with,
     buttons,

@@ -18,7 +18,7 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from tests.emulators.slack import SlackEmulator
+from brandbot.emulators.slack import SlackEmulator
 
 pytestmark = pytest.mark.asyncio
 

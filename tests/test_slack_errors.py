@@ -18,9 +18,9 @@ from brandbot.contract import (
     ReplyEvent,
     StartEvent,
 )
+from brandbot.emulators.slack import SlackEmulator
 from brandbot.settings import Settings
 from tests.conftest import WorkerProcess
-from tests.emulators.slack import SlackEmulator
 from tests.slack_fixtures import (
     answer_with,
     buttons,

@@ -12,8 +12,8 @@ import redis
 
 from bots.slack.blocks import FEEDBACK_GOOD_ACTION
 from brandbot import messages
+from brandbot.emulators.slack import SlackEmulator
 from brandbot.settings import Settings
-from tests.emulators.slack import SlackEmulator
 from tests.slack_fixtures import (
     MODEL_QUEUE,
     SIGNING_SECRET,

@@ -12,8 +12,8 @@ import redis
 from bots.access import AccessRules, RateLimit
 from bots.slack import run_slack
 from brandbot import messages
+from brandbot.emulators.slack import SlackEmulator
 from brandbot.settings import Settings
-from tests.emulators.slack import SlackEmulator
 from tests.slack_fixtures import MODEL_QUEUE, answer_with, front_end_settings, scripted_worker, slack_running
 
 ANSWER = "Allowed, so answered."

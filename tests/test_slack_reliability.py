@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import redis
 
+from brandbot.emulators.slack import SlackEmulator
 from brandbot.settings import Settings
 from tests.core_fixtures import inflight_records
-from tests.emulators.slack import SlackEmulator
 from tests.slack_fixtures import answer_with, is_final_answer, scripted_worker, slack_running, visible
 
 ANSWER = "One answer, and only one."

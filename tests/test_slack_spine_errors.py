@@ -10,9 +10,9 @@ import pytest
 import redis
 
 from brandbot import keys, messages
+from brandbot.emulators.slack import SlackEmulator
 from brandbot.settings import Settings
 from tests.conftest import PrivateRedis, SlackBot, WorkerProcess, slack_bot_running, wait_for_worker
-from tests.emulators.slack import SlackEmulator
 from tests.slack_fixtures import is_final_answer, visible
 
 QUEUE = keys.model_queue("default")

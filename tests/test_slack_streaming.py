@@ -19,8 +19,8 @@ from bots.slack.blocks import FEEDBACK_GOOD_ACTION, STOP_ACTION
 from bots.slack.sink import SLACK_MARKDOWN_LIMIT
 from brandbot import messages
 from brandbot.contract import DeltaEvent, GenerationRequest, ReplyEvent, StartEvent
+from brandbot.emulators.slack import Call, Message, SlackEmulator, ts_key
 from brandbot.settings import Settings
-from tests.emulators.slack import Call, Message, SlackEmulator, ts_key
 from tests.slack_fixtures import (
     answer_with,
     buttons,

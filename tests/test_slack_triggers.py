@@ -14,9 +14,9 @@ import bots.slack
 from bots.slack.context import MAX_CONTEXT_CHARS, MAX_CONTEXT_MESSAGES, MAX_TURN_CHARS
 from brandbot import messages
 from brandbot.contract import Role
+from brandbot.emulators.slack import SlackEmulator
 from brandbot.settings import Settings
 from tests.conftest import WorkerProcess, length_note
-from tests.emulators.slack import SlackEmulator
 from tests.slack_fixtures import (
     MODEL_QUEUE,
     answer_with,
