@@ -38,7 +38,7 @@ from rq.job import Job, JobStatus
 
 from brandbot import keys
 from brandbot.connections import REDIS_OUTAGE
-from brandbot.contract import ReplyEvent, parse_reply_event
+from brandbot.contract import DoneEvent, ErrorEvent, ReplyEvent, StartEvent, parse_reply_event
 from brandbot.errors import BrandbotError, QueueUnavailable
 from brandbot.logs import get_logger
 
@@ -93,6 +93,7 @@ class Follower:
     stream: str = ""
     _inbox: asyncio.Queue[tuple[str, ReplyEvent] | BaseException] = field(default_factory=asyncio.Queue)
     _ended: bool = False
+    _answered: bool = False
 
     def __post_init__(self) -> None:
         self.stream = keys.reply_stream(self.request_id)
@@ -115,6 +116,8 @@ class Follower:
         if self._ended or stream_id_key(entry_id) <= stream_id_key(self.last_id):
             return  # a second read of the same entry (after a retry, or by the job check's drain)
         self.last_id = entry_id
+        if isinstance(event, StartEvent | DoneEvent | ErrorEvent):  # a new attempt clears the last one's end
+            self._answered = not isinstance(event, StartEvent)
         self._inbox.put_nowait((entry_id, event))
 
     def end(self, error: BaseException) -> None:
@@ -122,9 +125,18 @@ class Follower:
             self._ended = True
             self._inbox.put_nowait(error)
 
+    def finish(self) -> None:
+        """Nothing more will come, and its last event already says how the answer ended."""
+        self._ended = True
+
     @property
     def ended(self) -> bool:
         return self._ended
+
+    @property
+    def answered(self) -> bool:
+        """A `done` or `error` was delivered: the consumer has the answer's end."""
+        return self._answered
 
 
 @dataclass(eq=False)
@@ -293,6 +305,9 @@ class ReplyStreams:
             # The stream may still hold entries written before RQ gave up (a `done`, an `error`).
             rest: Any = await self._redis.xread({follower.stream: follower.last_id})
             self._dispatch(rest, {follower.stream: [follower]})
+            if follower.answered:  # the job ended between the last read and this check: nothing is lost
+                follower.finish()
+                continue
             log.warning("reply lost", request_id=follower.request_id, reason=reason)
             follower.end(ReplyLost(follower.request_id, reason))
 

@@ -13,6 +13,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis
+import redis.asyncio
+from rq.job import Job
+from structlog.testing import capture_logs
 
 from bots.relay import ChannelPacer, RelayOutcome, StreamingEditor, relay_reply
 from brandbot import keys, messages
@@ -20,7 +23,7 @@ from brandbot.contract import DeltaEvent, DoneEvent, FinishReason, GenerationReq
 from brandbot.errors import QueueUnavailable
 from brandbot.queue import CLIENT_NAME, RequestQueue
 from brandbot.settings import Settings
-from brandbot.streams import RIDE_OUT_SECONDS, ReplyLost
+from brandbot.streams import RIDE_OUT_SECONDS, Follower, ReplyLost, ReplyStreams
 from tests.conftest import TEST_REDIS_URL, PrivateRedis, free_port
 from worker.replies import ReplyPublisher
 
@@ -335,3 +338,26 @@ async def test_enqueue_on_a_redis_that_refuses_writes_is_queue_unavailable(
         await queue.cancel("no-room")
     await queue.close()
     admin.close()
+
+
+async def test_job_that_finished_between_read_and_check_is_answered_not_reported_lost(
+    test_client: redis.Redis,
+) -> None:
+    """The worker wrote `done` and RQ marked the job finished after the reader's last XREAD: the job check
+    drains the `done` and ends quietly, with no "reply lost" warning and no error after the answer."""
+    connection = redis.asyncio.Redis.from_url(TEST_REDIS_URL)
+    streams = ReplyStreams(connection, job_check_seconds=3600)
+    publisher = ReplyPublisher(test_client, retention_seconds=60)
+    publisher.publish("raced", StartEvent())
+    publisher.publish("raced", done("the whole answer"))
+    test_client.hset(Job.key_for("raced"), "status", "finished")
+    follower = Follower(request_id="raced", last_id="0-0", watch_job=True)
+    with capture_logs() as logs:
+        await streams._check_jobs([follower])
+    await connection.aclose()
+
+    delivered = [await follower.next(timeout=1) for _ in range(2)]
+    assert [type(item[1]) for item in delivered if item] == [StartEvent, DoneEvent]
+    assert await follower.next(timeout=0.2) is None  # nothing after the answer: no ReplyLost
+    assert follower.ended
+    assert not [entry for entry in logs if entry["event"] == "reply lost"]
