@@ -9,7 +9,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from brandbot.errors import SettingsError
 
@@ -245,10 +245,46 @@ class Settings(BaseSettings):
             raise SettingsError(f"{', '.join(missing)} must be set for this command")
 
 
-def load_settings(**overrides: object) -> Settings:
+PLATFORM_FIELD_PREFIXES = ("slack_", "discord_")
+"""Front-end settings: platform tokens and secrets among them."""
+
+
+class WorkerSettings(Settings):
+    """The GPU tier's settings: platform settings are never read, from the environment or from `.env`,
+    so a worker started beside the front-ends (one `.env` for all) holds no platform credential."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        def without_platform(source: PydanticBaseSettingsSource) -> PydanticBaseSettingsSource:
+            def read() -> dict[str, object]:
+                return {
+                    name: value
+                    for name, value in source().items()
+                    if not name.lower().startswith(PLATFORM_FIELD_PREFIXES)
+                }
+
+            read.__name__ = type(source).__name__
+            return read  # type: ignore[return-value] # pydantic-settings calls any source that returns a dict
+
+        return (
+            init_settings,
+            without_platform(env_settings),
+            without_platform(dotenv_settings),
+            file_secret_settings,
+        )
+
+
+def load_settings(settings_class: type[Settings] = Settings, **overrides: object) -> Settings:
     """Build settings from the environment, turning validation errors into one readable line each."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return settings_class(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
         problems = []
         for detail in error.errors():

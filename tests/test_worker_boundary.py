@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import ast
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pytest
 import redis
 
-from brandbot.settings import Settings
-from tests.conftest import TEST_REDIS_URL, WorkerProcess, free_port
+from brandbot.settings import Settings, WorkerSettings
+from tests.conftest import REPO, TEST_REDIS_URL, WorkerProcess, free_port
 from tests.test_worker_process import a_request, dones, enqueue, wait_for
 
 PLATFORM_SECRETS = {
@@ -98,3 +102,46 @@ def test_worker_connects_to_redis_and_nothing_else(
     seen = [ast.literal_eval(line) for line in audit_log.read_text().splitlines()]
     assert ("socket.connect", (redis_address.hostname, redis_address.port)) in seen, "the audit saw nothing"
     assert [entry for entry in seen if entry not in allowed] == []
+
+
+def test_worker_settings_never_read_platform_settings_from_dotenv_or_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        "".join(f"{name}={value}\n" for name, value in PLATFORM_SECRETS.items())
+        + "BRANDBOT_MODEL_NAME=from-dotenv\n"
+    )
+    monkeypatch.setenv("BRANDBOT_DISCORD_TOKEN", PLATFORM_SECRETS["BRANDBOT_DISCORD_TOKEN"])
+
+    worker = WorkerSettings(_env_file=dotenv)  # type: ignore[call-arg]
+    front_end = Settings(_env_file=dotenv)  # type: ignore[call-arg]
+
+    assert worker.model_name == "from-dotenv"
+    assert worker.slack_bot_token is worker.slack_app_token is worker.slack_signing_secret is None
+    assert worker.discord_token is None
+    assert front_end.slack_bot_token is not None and front_end.discord_token is not None
+
+
+def test_worker_started_beside_a_front_end_dotenv_does_not_read_its_platform_part(tmp_path: Path) -> None:
+    """One `.env` for every tier: a platform setting the worker would reject (an unknown Slack mode) does
+    not stop it, because it never reads it; it stops on its own missing model folder instead."""
+    (tmp_path / ".env").write_text("BRANDBOT_SLACK_MODE=carrier-pigeon\nBRANDBOT_SLACK_BOT_TOKEN=xoxb-1\n")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("BRANDBOT_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "brandbot.cli", "worker"],
+        env={
+            **environment,
+            "PYTHONPATH": str(REPO),
+            "BRANDBOT_REDIS_URL": TEST_REDIS_URL,
+            "BRANDBOT_MODEL_DIR": str(tmp_path / "no-model-here"),
+            "BRANDBOT_PROMPTS_DIR": str(REPO / "prompts"),
+        },
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "SLACK" not in result.stderr
+    assert "no-model-here" in result.stderr

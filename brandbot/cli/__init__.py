@@ -16,7 +16,7 @@ from brandbot.cli.feedback import feedback_app
 from brandbot.cli.prompts import prompts_app
 from brandbot.errors import BrandbotError, SettingsError
 from brandbot.logs import configure_logging
-from brandbot.settings import Settings, SlackMode, load_settings
+from brandbot.settings import Settings, SlackMode, WorkerSettings, load_settings
 
 # Nothing may phone home: no model hub downloads, no telemetry, at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -45,10 +45,12 @@ def fail(message: str, *, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def settings_or_exit(*, log_level_floor: str | None = None) -> Settings:
+def settings_or_exit(
+    *, log_level_floor: str | None = None, settings_class: type[Settings] = Settings
+) -> Settings:
     """The settings, logging configured; `log_level_floor` raises a lower `BRANDBOT_LOG_LEVEL` to it."""
     try:
-        settings = load_settings()
+        settings = load_settings(settings_class)
     except SettingsError as error:
         fail(str(error), code=2)
         raise  # unreachable: fail() exits
@@ -78,7 +80,7 @@ def run_async(coroutine: Callable[[], Coroutine[Any, Any, None]]) -> None:
 @app.command()
 def worker() -> None:
     """Serve one model from its Redis queue (loads the model once; N answers at a time)."""
-    settings = settings_or_exit()
+    settings = settings_or_exit(settings_class=WorkerSettings)
 
     def start() -> None:
         import redis
