@@ -98,7 +98,9 @@ class Settings(BaseSettings):
         pattern=r"^\d+(\.\d+)?(,\d+(\.\d+)?)*$",
         description="GPU engines' GB per GPU, e.g. `20,24`; unset = fill GPUs automatically.",
     )
-    lora_dir: Path | None = Field(None, description="LoRA adapter applied to every answer of this worker.")
+    lora_dir: Path | None = Field(
+        None, description="LoRA adapter applied to every answer of this worker (ExLlamaV2 engine only)."
+    )
 
     # -- front-ends ----------------------------------------------------------------------------------
     max_question_chars: int = Field(4000, ge=1, description="Longer questions are refused with a notice.")
