@@ -87,11 +87,12 @@ def test_cache_type_maps_to_exllamav3_quantized_cache_bits() -> None:
 
 
 def test_cache_is_page_aligned_and_always_holds_one_full_sequence() -> None:
-    assert cache_tokens_for(2048, 4, None) == 8192
+    # A full-length job reserves its context plus one token of pages: 2048 tokens take 9 pages of 256.
+    assert cache_tokens_for(2048, 4, None) == 4 * 2304
     assert cache_tokens_for(1000, 3, None) == 3072
     assert cache_tokens_for(32768, 8, None) == 65536  # capped
-    assert cache_tokens_for(131072, 8, None) == 131072  # but one sequence always fits
-    assert cache_tokens_for(4096, 8, 1000) == 4096
+    assert cache_tokens_for(131072, 8, None) == 131328  # but one sequence always fits
+    assert cache_tokens_for(4096, 8, 1000) == 4352
     assert cache_tokens_for(4096, 8, 10_000) == 10_240
 
 
@@ -204,11 +205,14 @@ class FakeGenerator:
     """GPU test double for `exllamav3.Generator`: same constructor, enqueue/cancel/iterate/close shape."""
 
     instances: list[FakeGenerator] = []  # noqa: RUF012
+    recurrent_slots: int | None = None  # a hybrid model: the batch is limited to its state slots
 
     def __init__(
         self, *, model: Any, cache: Any, tokenizer: Any, max_batch_size: int, max_chunk_size: int
     ) -> None:
         self.cache, self.max_batch_size = cache, max_batch_size
+        if self.recurrent_slots is not None:
+            self.max_batch_size = min(max_batch_size, self.recurrent_slots)
         self.pending: list[FakeJob] = []
         self.active: list[FakeJob] = []
         self.cancelled: list[FakeJob] = []
@@ -306,8 +310,11 @@ class FakeModel:
 class FakeCache:
     instances: list[FakeCache] = []  # noqa: RUF012
 
-    def __init__(self, model: Any, max_num_tokens: int, layer_type: Any, **options: Any) -> None:
+    def __init__(
+        self, model: Any, max_num_tokens: int, layer_type: Any, max_batch_size: int, **options: Any
+    ) -> None:
         self.max_num_tokens, self.layer_type, self.options = max_num_tokens, layer_type, options
+        self.max_batch_size = max_batch_size
         FakeCache.instances.append(self)
 
 
@@ -373,12 +380,13 @@ def make_engine(
 
 
 def test_batches_up_to_the_worker_slots_with_the_chosen_cache(
-    make_engine: Callable[..., ExLlamaV3Engine],
+    make_engine: Callable[..., ExLlamaV3Engine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = make_engine(concurrency=16, cache_type="q6", cache_tokens=5000)
     assert engine.mode == "paged, continuous batching up to 16"
     assert engine.max_concurrency == 16 and FakeGenerator.instances[-1].max_batch_size == 16
     cache = FakeCache.instances[-1]
+    assert cache.max_batch_size == 16
     assert (cache.max_num_tokens, cache.layer_type, cache.options) == (
         5120,
         "CacheLayer_quant",
@@ -388,6 +396,9 @@ def test_batches_up_to_the_worker_slots_with_the_chosen_cache(
     assert one.mode == "paged, one request at a time (BRANDBOT_WORKER_CONCURRENCY=1)"
     assert FakeCache.instances[-1].layer_type == "CacheLayer_fp16"
     assert make_engine(concurrency=1000).max_concurrency == 256
+    monkeypatch.setattr(FakeGenerator, "recurrent_slots", 8)
+    hybrid = make_engine(concurrency=16)
+    assert (hybrid.max_concurrency, hybrid.mode) == (8, "paged, continuous batching up to 8")
 
 
 def test_stream_deltas_then_stop_on_end_of_turn(make_engine: Callable[..., ExLlamaV3Engine]) -> None:
@@ -527,7 +538,7 @@ def test_out_of_memory_while_loading_is_a_one_line_load_error(
         EngineLoadError, match="do not fit in GPU memory: lower BRANDBOT_CACHE_TOKENS"
     ) as info:
         ExLlamaV3Engine(tiny_model, concurrency=4, cache_type="q4")
-    assert "\n" not in str(info.value) and "8192-token q4 cache" in str(info.value)
+    assert "\n" not in str(info.value) and "9216-token q4 cache" in str(info.value)
     monkeypatch.setattr(FakeModel, "fail_with", ValueError("Unexpected architecture Foo\nin config.json"))
     with pytest.raises(EngineLoadError, match=r"^cannot load the model in .*: Unexpected architecture Foo$"):
         ExLlamaV3Engine(tiny_model, concurrency=4)

@@ -61,10 +61,14 @@ def cache_layer_options(cache_type: str) -> dict[str, int]:
 
 
 def cache_tokens_for(context_length: int, concurrency: int, requested: int | None) -> int:
-    """Total cache length, shared by every job: always room for one full-length sequence, page-aligned."""
-    one_sequence = _round_up(context_length)
+    """Total cache length, shared by every job: always room for one full-length sequence, page-aligned.
+
+    A job reserves pages for its prompt, its answer and one token more (job.py, `prepare_for_queue`), so a
+    full-length sequence takes `context_length + 1` tokens of pages.
+    """
+    one_sequence = _round_up(context_length + 1)
     if requested is None:
-        requested = min(context_length * concurrency, DEFAULT_CACHE_CAP_TOKENS)
+        requested = min(one_sequence * concurrency, DEFAULT_CACHE_CAP_TOKENS)
     return max(one_sequence, _round_up(requested))
 
 
@@ -210,8 +214,6 @@ class ExLlamaV3Engine(Engine):
         batch = max(1, min(concurrency, MAX_BATCH))
         total_tokens = cache_tokens_for(context_length, batch, cache_tokens)
         self.context_length = context_length
-        self.max_concurrency = batch
-        self.mode = batching_mode(batch)
         self._model: Any = None
         try:
             self._model = exllamav3.Model.from_config(config)
@@ -219,6 +221,7 @@ class ExLlamaV3Engine(Engine):
             cache = exllamav3.Cache(
                 self._model,
                 max_num_tokens=total_tokens,
+                max_batch_size=batch,  # recurrent-state slots: a hybrid model batches no more than this
                 layer_type=exllamav3.CacheLayer_quant if layer_options else exllamav3.CacheLayer_fp16,
                 **layer_options,
             )
@@ -235,6 +238,7 @@ class ExLlamaV3Engine(Engine):
                 max_batch_size=batch,
                 max_chunk_size=MAX_CHUNK_TOKENS,
             )
+            batch = min(batch, int(self._generator.max_batch_size))  # the generator may lower it
         except Exception as error:
             if self._model is not None:
                 self._model.unload()
@@ -242,6 +246,8 @@ class ExLlamaV3Engine(Engine):
             if message is None:
                 raise
             raise EngineLoadError(message) from None
+        self.max_concurrency = batch
+        self.mode = batching_mode(batch)
         self._stop_ids = self._end_token_ids(model_dir, config)
 
         self._incoming: queue.SimpleQueue[_Request] = queue.SimpleQueue()
