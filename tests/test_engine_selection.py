@@ -7,6 +7,7 @@ exllamav2's converters mark theirs (`quantization_config.quant_method`), or with
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 
 from brandbot.errors import EngineLoadError
 from brandbot.settings import EngineName
-from tests.conftest import REPO, WorkerProcess
+from tests.conftest import REPO, TEST_REDIS_URL, WorkerProcess
 from worker.engines import select_engine
 from worker.engines.selection import FolderFormat, Machine, choose_engine, folder_format, probe_machine
 
@@ -102,7 +103,6 @@ def test_a_folder_no_engine_can_load_gets_one_clear_line(
     ("folder", "machine", "engine", "reason"),
     [
         (FolderFormat.EXL3, GPU, EngineName.EXLLAMAV3, "EXL3 model folder"),
-        (FolderFormat.EXL3, CPU, EngineName.EXLLAMAV3, "EXL3 model folder"),  # which then says it needs CUDA
         (FolderFormat.EXL2, GPU, EngineName.EXLLAMAV2, "EXL2 model folder"),
         (FolderFormat.HF, GPU, EngineName.EXLLAMAV3, "plain Hugging Face folder and a CUDA GPU"),
         (
@@ -121,6 +121,18 @@ def test_auto_chooses_from_the_folder_and_the_machine(
     assert (choice.engine, choice.folder, choice.reason) == (engine, folder, reason)
 
 
+def test_a_quantised_folder_on_a_machine_without_cuda_says_what_to_do() -> None:
+    for name in (EngineName.AUTO, EngineName.EXLLAMAV3):
+        with pytest.raises(EngineLoadError) as info:
+            choose_engine(name, FolderFormat.EXL3, CPU)
+        assert str(info.value) == (
+            "an EXL3 model folder needs exllamav3 on a CUDA GPU and this machine has none:"
+            " on CPU, use a plain Hugging Face folder (BRANDBOT_ENGINE=transformers)"
+        )
+    with pytest.raises(EngineLoadError, match=r"^an EXL2 model folder needs exllamav2 on a CUDA GPU"):
+        choose_engine(EngineName.AUTO, FolderFormat.EXL2, CPU)
+
+
 def test_a_named_engine_is_kept_unless_it_cannot_read_the_folder() -> None:
     for name in (EngineName.TRANSFORMERS, EngineName.EXLLAMAV2, EngineName.EXLLAMAV3):
         choice = choose_engine(name, FolderFormat.HF, CPU)
@@ -136,8 +148,24 @@ def test_a_named_engine_is_kept_unless_it_cannot_read_the_folder() -> None:
 
 def test_select_engine_reads_the_folder_then_chooses(model_copy: Callable[..., Path]) -> None:
     exl3 = model_copy(quantization_config={"quant_method": "exl3"})
-    assert select_engine(EngineName.AUTO, exl3, machine=CPU).engine is EngineName.EXLLAMAV3
+    assert select_engine(EngineName.AUTO, exl3, machine=GPU).engine is EngineName.EXLLAMAV3
     assert select_engine(EngineName.AUTO, model_copy(), machine=CPU).engine is EngineName.TRANSFORMERS
+
+
+def test_the_worker_refuses_an_exl3_folder_without_cuda_in_one_line(model_copy: Callable[..., Path]) -> None:
+    if probe_machine().cuda:
+        pytest.skip("this machine has CUDA")
+    exl3 = model_copy(quantization_config={"quant_method": "exl3", "bits": 4.0})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRANDBOT_")}
+    env.update(BRANDBOT_MODEL_DIR=str(exl3), BRANDBOT_REDIS_URL=TEST_REDIS_URL, BRANDBOT_ENGINE="auto")
+    result = subprocess.run(
+        [sys.executable, "-m", "brandbot.cli", "worker"], env=env, cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "brandbot: an EXL3 model folder needs exllamav3 on a CUDA GPU and this machine has none:"
+        " on CPU, use a plain Hugging Face folder (BRANDBOT_ENGINE=transformers)"
+    )
 
 
 def test_probing_the_machine_does_not_import_the_gpu_engines() -> None:

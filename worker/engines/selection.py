@@ -85,8 +85,13 @@ def folder_format(model_dir: Path) -> FolderFormat:
 
 def choose_engine(requested: EngineName, folder: FolderFormat, machine: Machine) -> EngineChoice:
     """The engine for this folder on this machine, with the reason logged at start; refuses a mismatch."""
+    needs = {FolderFormat.EXL3: EngineName.EXLLAMAV3, FolderFormat.EXL2: EngineName.EXLLAMAV2}.get(folder)
+    if needs is not None and not machine.cuda:
+        raise EngineLoadError(
+            f"an {folder} model folder needs {needs} on a CUDA GPU and this machine has none:"
+            " on CPU, use a plain Hugging Face folder (BRANDBOT_ENGINE=transformers)"
+        )
     if requested is not EngineName.AUTO:
-        needs = {FolderFormat.EXL3: EngineName.EXLLAMAV3, FolderFormat.EXL2: EngineName.EXLLAMAV2}.get(folder)
         if needs is not None and requested is not needs:
             raise EngineLoadError(
                 f"an {folder} model folder needs BRANDBOT_ENGINE={needs} (or auto), not {requested}"
