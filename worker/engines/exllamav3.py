@@ -199,6 +199,7 @@ class ExLlamaV3Engine(Engine):
         self._job_class = exllamav3.Job
         self._sampler_class = sampler_module.ComboSampler
 
+        self._tokenizer_lock = threading.Lock()
         try:
             config = exllamav3.Config.from_directory(str(model_dir))
             self._tokenizer = exllamav3.Tokenizer.from_config(config)
@@ -272,12 +273,17 @@ class ExLlamaV3Engine(Engine):
     def count_tokens(self, text: str) -> int:
         # Rendered prompts contain the template's special tokens, which must count as one token each. User
         # text inside them cannot become special tokens: the prompt builder neutralises it before rendering.
-        return int(self._tokenizer.encode(text, encode_special_tokens=True).shape[-1])
+        return int(self._encode(text).shape[-1])
+
+    def _encode(self, text: str) -> Any:
+        # exllamav3's Tokenizer switches its backend's special-token mode per call (encode_part_base), so
+        # the worker's slot threads take turns; add_bos=False: the chat template renders BOS itself.
+        with self._tokenizer_lock:
+            return self._tokenizer.encode(text, add_bos=False, encode_special_tokens=True)
 
     def submit(self, prompt: str, sampling: SamplingSettings, *, deadline_seconds: float) -> GenerationStream:
         stream = GenerationStream(deadline_seconds)
-        # add_bos=False: the chat template renders BOS itself.
-        input_ids = self._tokenizer.encode(prompt, add_bos=False, encode_special_tokens=True)
+        input_ids = self._encode(prompt)
         prompt_tokens = int(input_ids.shape[-1])
         room = self.context_length - prompt_tokens
         if prompt_tokens == 0 or room < 1:
