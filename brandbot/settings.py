@@ -15,8 +15,10 @@ from brandbot.errors import SettingsError
 
 
 class EngineName(StrEnum):
+    AUTO = "auto"
     TRANSFORMERS = "transformers"
     EXLLAMAV2 = "exllamav2"
+    EXLLAMAV3 = "exllamav3"
 
 
 class CacheType(StrEnum):
@@ -67,7 +69,9 @@ class Settings(BaseSettings):
     # -- worker --------------------------------------------------------------------------------------
     model_dir: Path | None = Field(None, description="Hugging Face-format model folder the worker loads.")
     engine: EngineName = Field(
-        EngineName.TRANSFORMERS, description="`transformers` (CPU) or `exllamav2` (GPU)."
+        EngineName.AUTO,
+        description="`auto` (chosen from the model folder: EXL3 → `exllamav3`, EXL2 → `exllamav2`, plain"
+        " Hugging Face → `exllamav3` on a CUDA GPU, `transformers` on CPU), or one of those by name.",
     )
     worker_concurrency: int = Field(4, ge=1, le=256, description="Requests one worker generates at once.")
     generation_deadline_seconds: float = Field(
@@ -85,16 +89,18 @@ class Settings(BaseSettings):
     recovery_interval_seconds: float = Field(
         15.0, gt=0, description="How often workers look for (and retry) jobs abandoned by a dead worker."
     )
-    cache_type: CacheType = Field(CacheType.FP16, description="ExLlamaV2 KV cache: fp16, q8, q6 or q4.")
+    cache_type: CacheType = Field(CacheType.FP16, description="GPU engines' KV cache: fp16, q8, q6 or q4.")
     cache_tokens: int | None = Field(
-        None, ge=256, description="ExLlamaV2 total cache length in tokens, shared by all requests."
+        None, ge=256, description="GPU engines' total cache length in tokens, shared by all requests."
     )
     gpu_split: str | None = Field(
         None,
         pattern=r"^\d+(\.\d+)?(,\d+(\.\d+)?)*$",
-        description="ExLlamaV2 GB per GPU, e.g. `20,24`; unset = fill GPUs automatically.",
+        description="GPU engines' GB per GPU, e.g. `20,24`; unset = fill GPUs automatically.",
     )
-    lora_dir: Path | None = Field(None, description="LoRA adapter applied to every answer of this worker.")
+    lora_dir: Path | None = Field(
+        None, description="LoRA adapter applied to every answer of this worker (ExLlamaV2 engine only)."
+    )
 
     # -- front-ends ----------------------------------------------------------------------------------
     max_question_chars: int = Field(4000, ge=1, description="Longer questions are refused with a notice.")

@@ -89,6 +89,8 @@ def settings(redis_client: redis.Redis, prompts_dir: Path, tiny_model: Path) -> 
             "redis_url": TEST_REDIS_URL,
             "prompts_dir": prompts_dir,
             "model_dir": tiny_model,
+            # The tiny CPU model on the CPU engine everywhere: `auto` would pick exllamav3 on a GPU machine.
+            "engine": "transformers",
             "worker_wait_seconds": 5.0,
             "edit_interval_seconds": 0.2,
             **overrides,

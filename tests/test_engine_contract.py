@@ -1,7 +1,12 @@
-"""One contract every engine keeps; runs on the CPU engine always, on ExLlamaV2 where CUDA is present."""
+"""One contract every engine keeps: the CPU engine always, ExLlamaV2 and ExLlamaV3 where CUDA is present.
+
+The GPU engines run a random model with realistic shapes (head size 128, hidden size 1024, four layers:
+`build_tiny_model(size="gpu")`), and skip with the reason where CUDA or the package is missing.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,23 +22,25 @@ from worker.tiny_model import build_tiny_model
 GREEDY = SamplingSettings(temperature=0.0, max_new_tokens=40)
 
 
-def cuda_skip_reason() -> str | None:
+def cuda_skip_reason(package: str) -> str | None:
     try:
         import torch
     except ImportError:
         return "torch is not installed"
     if not torch.cuda.is_available():
         return "no CUDA GPU on this machine"
-    try:
-        import exllamav2  # noqa: F401
-    except ImportError:
-        return "exllamav2 is not installed (pip install '.[gpu]')"
+    if importlib.util.find_spec(package) is None:  # not imported here: it builds CUDA code at import
+        return f"{package} is not installed (pip install '.[gpu]')"
     return None
 
 
 @pytest.fixture(
     scope="module",
-    params=["transformers", pytest.param("exllamav2", marks=pytest.mark.gpu)],
+    params=[
+        "transformers",
+        pytest.param("exllamav2", marks=pytest.mark.gpu),
+        pytest.param("exllamav3", marks=pytest.mark.gpu),
+    ],
 )
 def engine_and_template(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_model: Path
@@ -42,8 +49,8 @@ def engine_and_template(
 
     name = EngineName(request.param)
     model_dir = tiny_model
-    if name is EngineName.EXLLAMAV2:
-        if reason := cuda_skip_reason():
+    if name is not EngineName.TRANSFORMERS:
+        if reason := cuda_skip_reason(name.value):
             pytest.skip(reason)
         model_dir = build_tiny_model(tmp_path_factory.mktemp("gpu-model") / "tiny", size="gpu")
     engine = load_engine(name, model_dir, concurrency=8)

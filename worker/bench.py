@@ -1,13 +1,15 @@
 """Benchmarks of the worker tier (not tests): figures printed side by side, as ratios.
 
-- `engine`: one loaded model at several concurrencies: aggregate tokens/s and time to first token,
-  relative to concurrency 1, plus peak memory (one model copy serves them all).
+- `engine`: one loaded model at several concurrencies (1, 4, 16, 64 on a GPU; 1, 2, 4 on the CPU engine):
+  aggregate tokens/s relative to one stream, time to first token p50/p99, single-stream decode as a share
+  of the memory-bandwidth roofline (`worker/roofline.py`), and peak memory (one model copy serves them all).
 - `queue`: the full job path (JSON request → RQ slot → prompt → engine → reply stream) with a null
   engine, next to raw RQ `SimpleWorker` running a trivial job: pickup latency and jobs/s.
 """
 
 from __future__ import annotations
 
+import math
 import resource
 import statistics
 import threading
@@ -38,12 +40,13 @@ from brandbot.contract import (
 from brandbot.errors import EngineDied
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.queue import RequestQueue
-from brandbot.settings import Settings
+from brandbot.settings import EngineName, Settings
 from brandbot.templating import ChatTemplate
 from worker.engines.base import Engine, GenerationResult, GenerationStream, SamplingSettings
 from worker.job import current_service
 from worker.metrics import WorkerMetrics
 from worker.replies import ReplyPublisher
+from worker.roofline import known_bandwidth_gbs, roofline_tokens_per_second, weight_bytes_per_token
 from worker.service import ReplyService
 from worker.threaded_worker import ThreadedWorker
 
@@ -53,6 +56,9 @@ BENCH_MODEL = "bench-null"
 
 # -- engine -------------------------------------------------------------------------------------------
 
+GPU_CONCURRENCIES = [1, 4, 16, 64]
+CPU_CONCURRENCIES = [1, 2, 4]  # the CPU engine, on a small model: the same figures, sooner
+
 
 @dataclass(frozen=True)
 class EngineRun:
@@ -60,10 +66,23 @@ class EngineRun:
     tokens: int
     seconds: float
     ttft_ms: list[float]
+    decode_tokens_per_second: list[float]
+    """Per stream: tokens after the first ÷ time after the first (the decode phase alone)."""
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds
+
+    def ttft(self, quantile: float) -> float:
+        return percentile(self.ttft_ms, quantile)
+
+
+def percentile(values: list[float], quantile: float) -> float:
+    """Nearest-rank percentile (0 for none): p99 of a few values is their largest, not an interpolation."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(quantile * len(ordered)) - 1))]
 
 
 def run_engine_batch(engine: Engine, prompt: str, concurrency: int, max_new_tokens: int) -> EngineRun:
@@ -80,6 +99,13 @@ def run_engine_batch(engine: Engine, prompt: str, concurrency: int, max_new_toke
         tokens=sum(r.completion_tokens for r in results),
         seconds=seconds,
         ttft_ms=[r.time_to_first_token_ms for r in results if r.time_to_first_token_ms is not None],
+        decode_tokens_per_second=[
+            (r.completion_tokens - 1) * 1000 / (r.total_ms - r.time_to_first_token_ms)
+            for r in results
+            if r.time_to_first_token_ms is not None
+            and r.completion_tokens > 1
+            and r.total_ms > r.time_to_first_token_ms
+        ],
     )
 
 
@@ -96,12 +122,42 @@ def peak_memory() -> str:
     return text
 
 
+def gpu_name() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return str(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else None
+
+
+def roofline_line(single: EngineRun, model_dir: Path, bandwidth_gbs: float | None, device: str | None) -> str:
+    """Single-stream decode speed as a share of the memory-bandwidth roofline (or why it cannot be said)."""
+    if not single.decode_tokens_per_second:
+        return "roofline: no single-stream decode measured (answers shorter than two tokens)"
+    decode = statistics.median(single.decode_tokens_per_second)
+    source = "--bandwidth-gbs"
+    if bandwidth_gbs is None and device is not None:
+        bandwidth_gbs, source = known_bandwidth_gbs(device), device
+    if bandwidth_gbs is None:
+        where = f"{device!r} is not in the table of known GPUs" if device else "no GPU"
+        return f"roofline: single-stream decode {decode:.1f} tok/s; {where}: pass --bandwidth-gbs to compare"
+    bytes_per_token = weight_bytes_per_token(model_dir)
+    limit = roofline_tokens_per_second(bandwidth_gbs, bytes_per_token)
+    return (
+        f"roofline: single-stream decode {decode:.1f} tok/s = {decode / limit:.1%} of {limit:.1f} tok/s"
+        f" ({bandwidth_gbs:.0f} GB/s from {source} ÷ {bytes_per_token / 1e6:.1f} MB of weights per token)"
+    )
+
+
 def bench_engine(
     engine: Engine,
     template: ChatTemplate,
     concurrencies: list[int],
     max_new_tokens: int,
     echo: Callable[[str], None],
+    *,
+    model_dir: Path | None = None,
+    bandwidth_gbs: float | None = None,
 ) -> list[EngineRun]:
     prompt = template.render(
         [{"role": "user", "content": "Write a short note about our deployment process."}]
@@ -110,15 +166,18 @@ def bench_engine(
     runs = [run_engine_batch(engine, prompt, c, max_new_tokens) for c in concurrencies]
     base = runs[0]
     echo(f"engine={engine.name} mode={engine.mode!r} max_new_tokens={max_new_tokens}")
-    echo(f"{'concurrency':>11} {'tokens':>7} {'tok/s':>8} {'× c=1':>6} {'ttft p50 ms':>12} {'× c=1':>6}")
-    base_ttft = statistics.median(base.ttft_ms) if base.ttft_ms else 0.0
+    echo(
+        f"{'concurrency':>11} {'tokens':>7} {'tok/s':>8} {'× c=1':>6} {'ttft p50 ms':>12} {'ttft p99 ms':>12}"
+    )
     for run in runs:
-        ttft = statistics.median(run.ttft_ms) if run.ttft_ms else 0.0
         echo(
             f"{run.concurrency:>11} {run.tokens:>7} {run.tokens_per_second:>8.1f} "
-            f"{run.tokens_per_second / base.tokens_per_second:>6.2f} {ttft:>12.1f} "
-            f"{(ttft / base_ttft if base_ttft else 0):>6.2f}"
+            f"{run.tokens_per_second / base.tokens_per_second:>6.2f}"
+            f" {run.ttft(0.5):>12.1f} {run.ttft(0.99):>12.1f}"
         )
+    if model_dir is not None and base.concurrency == 1:
+        echo(roofline_line(base, model_dir, bandwidth_gbs, gpu_name()))
+    echo("goals on a GPU: 16 streams ≥ 6 × one stream; one stream ≥ 60 % of the roofline")
     echo(f"one model copy for all of them: {peak_memory()}")
     return runs
 
@@ -298,10 +357,18 @@ def _bench_our_path(settings: Settings, connection: redis.Redis, jobs: int) -> Q
         thread.join(timeout=10)
 
 
-def load_for_bench(settings: Settings) -> tuple[Engine, ChatTemplate]:
-    from worker.engines import load_engine
+def load_for_bench(
+    settings: Settings, concurrencies: list[int] | None = None
+) -> tuple[Engine, ChatTemplate, list[int]]:
+    """The engine `auto` (or the setting) chooses, sized for the concurrencies asked (default: by engine)."""
+    from worker.engines import load_engine, select_engine
     from worker.main import gpu_options
 
-    engine = load_engine(settings.engine, settings.model_dir, concurrency=64, gpu=gpu_options(settings))
+    choice = select_engine(settings.engine, settings.model_dir)
+    if concurrencies is None:
+        concurrencies = CPU_CONCURRENCIES if choice.engine is EngineName.TRANSFORMERS else GPU_CONCURRENCIES
+    engine = load_engine(
+        choice.engine, settings.model_dir, concurrency=max(concurrencies), gpu=gpu_options(settings)
+    )
     assert settings.model_dir is not None
-    return engine, ChatTemplate.from_model_dir(Path(settings.model_dir))
+    return engine, ChatTemplate.from_model_dir(Path(settings.model_dir)), concurrencies

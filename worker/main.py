@@ -13,7 +13,7 @@ from brandbot.logs import get_logger
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.settings import Settings
 from brandbot.templating import ChatTemplate
-from worker.engines import GpuOptions, load_engine
+from worker.engines import GpuOptions, load_engine, select_engine
 from worker.environment import seal_process_environment
 from worker.faults import WorkerFaults
 from worker.job import current_service
@@ -49,8 +49,9 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
         settings, socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0)
     )
     prompts = LivePromptLibrary(settings.prompts_dir)
+    choice = select_engine(settings.engine, settings.model_dir)
     engine = load_engine(
-        settings.engine,
+        choice.engine,
         settings.model_dir,
         concurrency=faults.engine_batch_limit or settings.worker_concurrency,
         gpu=gpu_options(settings),
@@ -108,6 +109,7 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
         model=settings.model_name,
         engine=engine.name,
         mode=engine.mode,
+        engine_reason=choice.reason,
         slots=slots,
         configured_concurrency=settings.worker_concurrency,
         engine_concurrency=engine.max_concurrency,

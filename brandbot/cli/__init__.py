@@ -161,19 +161,37 @@ def model_tiny(
 
 @bench_app.command("engine")
 def bench_engine(
-    concurrency: Annotated[str, typer.Option(help="Comma-separated concurrencies.")] = "1,4,8,16",
+    concurrency: Annotated[
+        str | None, typer.Option(help="Comma-separated concurrencies (default 1,4,16,64; CPU engine 1,2,4).")
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens per answer.")] = 128,
+    bandwidth_gbs: Annotated[
+        float | None,
+        typer.Option(help="GPU memory bandwidth in GB/s for the roofline (default: looked up by GPU name)."),
+    ] = None,
 ) -> None:
-    """Aggregate tokens/s and time to first token at several concurrencies on one loaded model."""
+    """Aggregate tokens/s, time to first token and the single-stream roofline share on one loaded model."""
     settings = settings_or_exit()
+    try:
+        chosen = [int(c) for c in concurrency.split(",")] if concurrency else None
+    except ValueError:
+        fail("--concurrency must be comma-separated whole numbers, e.g. 1,4,16", code=2)
+    if chosen is not None and (not chosen or min(chosen) < 1):
+        fail("--concurrency values must be at least 1", code=2)
 
     def start() -> None:
         from worker.bench import bench_engine, load_for_bench
 
-        engine, template = load_for_bench(settings)
+        engine, template, concurrencies = load_for_bench(settings, chosen)
         try:
             bench_engine(
-                engine, template, [int(c) for c in concurrency.split(",")], max_new_tokens, typer.echo
+                engine,
+                template,
+                concurrencies,
+                max_new_tokens,
+                typer.echo,
+                model_dir=settings.model_dir,
+                bandwidth_gbs=bandwidth_gbs,
             )
         finally:
             engine.close()

@@ -8,11 +8,12 @@ from pathlib import Path
 from brandbot.errors import EngineLoadError
 from brandbot.settings import EngineName
 from worker.engines.base import Engine
+from worker.engines.selection import EngineChoice, Machine, choose_engine, folder_format, probe_machine
 
 
 @dataclass(frozen=True)
 class GpuOptions:
-    """What only the ExLlamaV2 engine reads."""
+    """What only the GPU engines read (LoRA: ExLlamaV2 only)."""
 
     cache_type: str = "fp16"
     cache_tokens: int | None = None
@@ -38,15 +39,39 @@ def check_model_folder(model_dir: Path) -> None:
         )
 
 
-def load_engine(
-    name: EngineName, model_dir: Path | None, *, concurrency: int, gpu: GpuOptions | None = None
-) -> Engine:
-    """Load the chosen engine once; exllamav2 is imported only here, on demand (it builds CUDA code)."""
+def select_engine(
+    name: EngineName, model_dir: Path | None, *, machine: Machine | None = None
+) -> EngineChoice:
+    """Which engine loads this folder and why (`auto` decides from the folder and the machine)."""
     if model_dir is None:
         raise EngineLoadError(
             "BRANDBOT_MODEL_DIR is not set: point it at a model folder (try `brandbot model tiny`)"
         )
     check_model_folder(model_dir)
+    return choose_engine(name, folder_format(model_dir), machine or probe_machine())
+
+
+def load_engine(
+    name: EngineName, model_dir: Path | None, *, concurrency: int, gpu: GpuOptions | None = None
+) -> Engine:
+    """Load the engine once; the GPU engines are imported only here, on demand (they build CUDA code)."""
+    name = select_engine(name, model_dir).engine
+    assert model_dir is not None
+    if name is EngineName.EXLLAMAV3:
+        from worker.engines.exllamav3 import ExLlamaV3Engine
+
+        gpu = gpu or GpuOptions()
+        if gpu.lora_dir is not None:
+            raise EngineLoadError(
+                "BRANDBOT_LORA_DIR needs BRANDBOT_ENGINE=exllamav2 (an EXL2 or plain folder)"
+            )
+        return ExLlamaV3Engine(
+            model_dir,
+            concurrency=concurrency,
+            cache_type=gpu.cache_type,
+            cache_tokens=gpu.cache_tokens,
+            gpu_split=gpu.gpu_split,
+        )
     if name is EngineName.EXLLAMAV2:
         from worker.engines.exllamav2 import ExLlamaV2Engine
 
