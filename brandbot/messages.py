@@ -8,6 +8,9 @@ BAD_REQUEST = "Sorry, I couldn't read that request. Please rephrase and try agai
 PERSONA_UNAVAILABLE = (
     "Sorry, I'm not configured to answer here right now. An admin can check the prompt files."
 )
+FINE_TUNE_UNAVAILABLE = (
+    "Sorry, the voice I'm meant to answer in here isn't available right now. An admin has been told."
+)
 CUT_SHORT = "_(I ran out of time and stopped early.)_"
 STOPPED = "_(Stopped.)_"
 THINKING = "Thinking…"
@@ -36,6 +39,7 @@ BOT_NOTICES = frozenset(
         GENERATION_FAILED,
         BAD_REQUEST,
         PERSONA_UNAVAILABLE,
+        FINE_TUNE_UNAVAILABLE,
         NOT_ALLOWED,
         ANSWER_LOST,
         ANSWER_TIMED_OUT,

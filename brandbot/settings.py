@@ -99,7 +99,10 @@ class Settings(BaseSettings):
         description="GPU engines' GB per GPU, e.g. `20,24`; unset = fill GPUs automatically.",
     )
     lora_dir: Path | None = Field(
-        None, description="LoRA adapter applied to every answer of this worker (ExLlamaV2 engine only)."
+        None,
+        description="LoRA adapter folder this worker answers every question with (ExLlamaV2 and CPU engines;"
+        " for ExLlamaV3 serve a merged folder). Personas whose `lora:` is this adapter reach it through their"
+        " `model:` queue.",
     )
 
     # -- front-ends ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from brandbot.logs import get_logger
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.settings import Settings
 from brandbot.templating import ChatTemplate
+from worker.adapter_match import AdapterMatcher
 from worker.engines import GpuOptions, load_engine, select_engine
 from worker.environment import seal_process_environment
 from worker.faults import WorkerFaults
@@ -21,6 +22,7 @@ from worker.metrics import WorkerMetrics
 from worker.replies import PUBLISH_OUTAGE_SECONDS, ReplyPublisher
 from worker.service import ReplyService
 from worker.threaded_worker import ThreadedWorker
+from worker.tuning.adapters import served_fingerprint
 
 log = get_logger(__name__)
 
@@ -50,6 +52,7 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
     )
     prompts = LivePromptLibrary(settings.prompts_dir)
     choice = select_engine(settings.engine, settings.model_dir)
+    adapters = AdapterMatcher(served=served_fingerprint(settings.model_dir, settings.lora_dir))
     engine = load_engine(
         choice.engine,
         settings.model_dir,
@@ -79,7 +82,9 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
         company=settings.company_name,
         deadline_seconds=settings.generation_deadline_seconds,
         feedback=FeedbackRecorder(connection, retention_seconds=settings.retention_seconds),
+        adapters=adapters,
     )
+    report_unserved_personas(prompts, adapters, settings.model_name)
     # More slots than the engine really runs at once would hold questions here that another worker could
     # start now (ExLlamaV2 without flash-attn generates one at a time).
     slots = min(settings.worker_concurrency, engine.max_concurrency)
@@ -123,3 +128,18 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
     finally:
         prompts.stop_watching()
         engine.close()
+
+
+def report_unserved_personas(prompts: LivePromptLibrary, adapters: AdapterMatcher, model_name: str) -> None:
+    """One line per persona routed to this queue whose fine-tune this worker does not serve."""
+    library = prompts.current()
+    for persona in library.personas.values():
+        if persona.model != model_name:
+            continue
+        reason = adapters.mismatch(persona, library)
+        if reason is not None:
+            log.error(
+                "persona's fine-tune not served: its questions will be refused",
+                persona=persona.name,
+                reason=reason,
+            )

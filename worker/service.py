@@ -28,6 +28,7 @@ from brandbot.logs import get_logger
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.promptfiles.models import Persona
 from brandbot.templating import ChatTemplate
+from worker.adapter_match import AdapterMatcher
 from worker.engines.base import Engine, GenerationStream, SamplingSettings
 from worker.leak_guard import LeakGuard
 from worker.metrics import WorkerMetrics
@@ -67,6 +68,7 @@ class ReplyService:
     company: str
     deadline_seconds: float
     feedback: FeedbackRecorder | None = None
+    adapters: AdapterMatcher = field(default_factory=lambda: AdapterMatcher(served=None))
     _streams: dict[str, GenerationStream] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     draining: bool = False
@@ -107,6 +109,10 @@ class ReplyService:
         persona = library.persona(request.persona)
         if persona is None:
             return self._fail(request, attempt, ErrorKind.PERSONA, messages.PERSONA_UNAVAILABLE, bound)
+        mismatch = self.adapters.mismatch(persona, library)
+        if mismatch is not None:  # never the base model's voice for a persona that asked for its fine-tune
+            bound.error("persona's fine-tune not served by this worker", reason=mismatch)
+            return self._fail(request, attempt, ErrorKind.PERSONA, messages.FINE_TUNE_UNAVAILABLE, bound)
         try:
             built = build_prompt(
                 request,

@@ -14,6 +14,7 @@ import typer
 from brandbot.cli.chat import chat
 from brandbot.cli.feedback import feedback_app
 from brandbot.cli.prompts import prompts_app
+from brandbot.cli.tune import tune
 from brandbot.cli.up import up
 from brandbot.errors import BrandbotError, SettingsError
 from brandbot.logs import configure_logging
@@ -40,6 +41,7 @@ app.add_typer(prompts_app, name="prompts")
 app.add_typer(feedback_app, name="feedback")
 app.command()(chat)
 app.command()(up)
+app.command()(tune)
 
 
 def fail(message: str, *, code: int = 1) -> None:

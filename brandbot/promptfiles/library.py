@@ -126,6 +126,7 @@ def load_prompt_library(folder: Path) -> PromptLibrary:
         if loaded is not None:
             personas[loaded[0].name] = loaded[0]
             sources.append(loaded[1])
+    problems += _shared_queue_problems(personas, dict(zip(personas, sources, strict=True)), folder)
     if routing.salvaged is not None and persona_paths:  # with no personas at all, that one problem says it
         existing = {path.stem for path in persona_paths}  # invalid ones report their own problems
         problems += routing_reference_problems(
@@ -143,6 +144,29 @@ def load_prompt_library(folder: Path) -> PromptLibrary:
         routing_source=routing.source,
         fingerprint=hashlib.sha256(repr(digests).encode()).hexdigest(),
     )
+
+
+def _shared_queue_problems(
+    personas: dict[str, Persona], sources: dict[str, SourceFile], folder: Path
+) -> list[Problem]:
+    """One model queue serves one set of weights: personas on it may not name different LoRA adapters."""
+    found = []
+    first_by_model: dict[str, tuple[str, Path]] = {}
+    for name in sorted(personas):
+        persona = personas[name]
+        path = lora_path(folder, persona.lora)
+        if path is None:
+            continue
+        earlier = first_by_model.setdefault(persona.model, (name, path.resolve()))
+        if earlier[1] != path.resolve():
+            found.append(
+                sources[name].problem(
+                    ("lora",),
+                    f"persona {earlier[0]!r} on model {persona.model!r} has another LoRA adapter; a model's"
+                    " workers serve one adapter: give this persona a model name of its own",
+                )
+            )
+    return found
 
 
 @dataclass(frozen=True)

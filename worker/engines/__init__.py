@@ -13,7 +13,7 @@ from worker.engines.selection import EngineChoice, Machine, choose_engine, folde
 
 @dataclass(frozen=True)
 class GpuOptions:
-    """What only the GPU engines read (LoRA: ExLlamaV2 only)."""
+    """What only the GPU engines read, and the LoRA adapter (ExLlamaV2 and the CPU engine)."""
 
     cache_type: str = "fp16"
     cache_tokens: int | None = None
@@ -63,7 +63,8 @@ def load_engine(
         gpu = gpu or GpuOptions()
         if gpu.lora_dir is not None:
             raise EngineLoadError(
-                "BRANDBOT_LORA_DIR needs BRANDBOT_ENGINE=exllamav2 (an EXL2 or plain folder)"
+                "BRANDBOT_LORA_DIR needs BRANDBOT_ENGINE=exllamav2 (an EXL2 or plain folder); for ExLlamaV3"
+                " serve a merged folder instead (`brandbot tune --merge`, then `brandbot model quantize`)"
             )
         return ExLlamaV3Engine(
             model_dir,
@@ -86,4 +87,4 @@ def load_engine(
         )
     from worker.engines.transformers import TransformersEngine
 
-    return TransformersEngine(model_dir, concurrency=concurrency)
+    return TransformersEngine(model_dir, concurrency=concurrency, lora_dir=(gpu or GpuOptions()).lora_dir)

@@ -37,7 +37,7 @@ class _Sequence:
 class TransformersEngine(Engine):
     name = "transformers"
 
-    def __init__(self, model_dir: Path, *, concurrency: int) -> None:
+    def __init__(self, model_dir: Path, *, concurrency: int, lora_dir: Path | None = None) -> None:
         try:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
@@ -53,6 +53,12 @@ class TransformersEngine(Engine):
             ).eval()
         except (OSError, ValueError) as error:
             raise EngineLoadError(f"cannot load the model in {model_dir}: {error}".splitlines()[0]) from None
+        if lora_dir is not None:
+            from worker.tuning.adapters import apply_adapter
+
+            # Merged into the weights once: the adapter costs nothing per token, and every answer of
+            # this worker is the fine-tune's (personas choose it by their model queue).
+            self._model = apply_adapter(self._model, lora_dir).eval()
         config = self._model.config
         self.context_length = int(getattr(config, "max_position_embeddings", 2048))
         self.max_concurrency = concurrency

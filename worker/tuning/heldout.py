@@ -1,0 +1,234 @@
+"""Before and after: held-out questions asked through real `brandbot worker`s, base model vs fine-tune.
+
+What is measured is what ships: each side is the same `brandbot worker` process users get, started on a
+private queue (`tune-<label>-<random>`) with the base model folder, plus `BRANDBOT_LORA_DIR` for the
+adapter (or the merged folder). Questions go through the real queue; the dataset's own check is applied
+to every answer — today the closing words all its answers share (a sign-off). The step takes a model
+folder, an optional adapter and the cases, so any other check list can be run the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import brandbot
+from brandbot.contract import (
+    DoneEvent,
+    ErrorEvent,
+    GenerationRequest,
+    Limits,
+    Platform,
+    ReplyTarget,
+    Role,
+    Turn,
+    UserRef,
+)
+from brandbot.errors import BrandbotError
+from brandbot.queue import RequestQueue
+from brandbot.settings import Settings
+from brandbot.streams import ReplyLost
+
+START_WAIT_SECONDS = 300.0
+"""Loading a large model can take minutes; past this, the check gives up with the worker's last line."""
+
+STOP_WAIT_SECONDS = 30.0
+ANSWER_WAIT_SECONDS = 300.0
+FOLLOW_TICK_SECONDS = 1.0
+ASKED_AT_ONCE = 4
+
+
+class CheckWorkerFailed(BrandbotError):
+    """The check's own worker exited or never became ready."""
+
+
+@dataclass(frozen=True)
+class HeldOutCase:
+    question: str
+    ends_with: str
+
+    def passes(self, answer: str) -> bool:
+        return _plain(answer).endswith(_plain(self.ends_with))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    question: str
+    answer: str | None
+    passed: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class SideResult:
+    label: str
+    outcomes: list[Outcome]
+
+    @property
+    def passed(self) -> int:
+        return sum(outcome.passed for outcome in self.outcomes)
+
+    @property
+    def rate(self) -> float:
+        return self.passed / len(self.outcomes) if self.outcomes else 0.0
+
+
+def _plain(text: str) -> str:
+    return " ".join(text.lower().split()).rstrip(" .!")
+
+
+def worker_environment(settings: Settings) -> dict[str, str]:
+    """`settings` as a worker's environment (paths absolute, no metrics port, this checkout's code)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("BRANDBOT_")}
+    for name, value in settings.model_dump(mode="json").items():
+        current = getattr(settings, name)
+        if value is None or name in ("metrics_port", "lora_dir", "model_dir", "model_name"):
+            continue
+        if hasattr(current, "get_secret_value"):
+            value = current.get_secret_value()
+        elif isinstance(current, Path):
+            value = str(current.resolve())
+        env[f"BRANDBOT_{name.upper()}"] = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    code = str(Path(brandbot.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [code, os.environ.get("PYTHONPATH")]))
+    return env
+
+
+@contextlib.asynccontextmanager
+async def check_worker(
+    queue: RequestQueue,
+    environment: dict[str, str],
+    *,
+    model_dir: Path,
+    lora_dir: Path | None,
+    label: str,
+    start_wait_seconds: float = START_WAIT_SECONDS,
+) -> AsyncIterator[str]:
+    """A real worker on `model_dir` (+ `lora_dir`), absolute paths, on a private queue; yields its name."""
+    model = f"tune-{label}-{uuid.uuid4().hex[:8]}"
+    env = {**environment, "BRANDBOT_MODEL_DIR": str(model_dir), "BRANDBOT_MODEL_NAME": model}
+    if lora_dir is not None:
+        env["BRANDBOT_LORA_DIR"] = str(lora_dir)
+    with tempfile.TemporaryFile() as log, tempfile.TemporaryDirectory() as empty:
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "brandbot.cli", "worker"),
+            env=env,
+            cwd=empty,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            await _wait_ready(queue, process, model, log, start_wait_seconds)
+            yield model
+        finally:
+            if process.returncode is None:
+                process.terminate()
+                try:
+                    await asyncio.wait_for(process.wait(), STOP_WAIT_SECONDS)
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
+
+
+async def _wait_ready(
+    queue: RequestQueue, process: asyncio.subprocess.Process, model: str, log: IO[bytes], wait: float
+) -> None:
+    give_up_at = time.monotonic() + wait
+    while time.monotonic() < give_up_at:
+        if process.returncode is not None:
+            raise CheckWorkerFailed(
+                f"the check's worker exited with code {process.returncode}: {_last_line(log)}"
+            )
+        if await queue.workers_alive(model) > 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), 0.2)
+    raise CheckWorkerFailed(f"the check's worker was not ready within {wait:g} s: {_last_line(log)}")
+
+
+def _last_line(log: IO[bytes]) -> str:
+    log.seek(0)
+    lines = [line for line in log.read().decode(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip()[:300] if lines else "(no output)"
+
+
+async def ask_cases(
+    queue: RequestQueue,
+    model: str,
+    persona: str,
+    cases: Sequence[HeldOutCase],
+    *,
+    label: str,
+    max_new_tokens: int | None = None,
+    wait_seconds: float = ANSWER_WAIT_SECONDS,
+) -> SideResult:
+    """Every case asked of `model`'s queue as `persona`, a few at a time, judged in order."""
+    slots = asyncio.Semaphore(ASKED_AT_ONCE)
+
+    async def one(case: HeldOutCase) -> Outcome:
+        async with slots:
+            request = GenerationRequest(
+                target=ReplyTarget(platform=Platform.SLACK, channel_id="C0TUNECHECK"),
+                user=UserRef(id="U0TUNECHECK", display_name="a customer"),
+                persona=persona,
+                turns=[Turn(role=Role.USER, content=case.question)],
+                limits=Limits(max_new_tokens=max_new_tokens),
+            )
+            answer, error = await _ask(queue, request, model, wait_seconds)
+            return Outcome(case.question, answer, answer is not None and case.passes(answer), error)
+
+    return SideResult(label, list(await asyncio.gather(*(one(case) for case in cases))))
+
+
+async def _ask(
+    queue: RequestQueue, request: GenerationRequest, model: str, wait_seconds: float
+) -> tuple[str | None, str | None]:
+    await queue.enqueue(request, model=model)
+    give_up_at = time.monotonic() + wait_seconds
+    async with queue.follow(request.request_id, watch_job=True) as follower:
+        while (left := give_up_at - time.monotonic()) > 0:
+            try:
+                arrived = await follower.next(timeout=min(left, FOLLOW_TICK_SECONDS))
+            except ReplyLost as lost:
+                return None, f"no answer ({lost.reason})"
+            if arrived is None:
+                continue
+            event = arrived[1]
+            if isinstance(event, DoneEvent):
+                return event.text, None
+            if isinstance(event, ErrorEvent):
+                return None, f"worker error ({event.kind.value}): {event.message}"
+    await queue.cancel(request.request_id)
+    return None, f"no answer within {wait_seconds:g} s"
+
+
+async def run_side(
+    settings: Settings,
+    *,
+    model_dir: Path,
+    lora_dir: Path | None,
+    persona: str,
+    cases: Sequence[HeldOutCase],
+    label: str,
+    max_new_tokens: int | None = None,
+) -> SideResult:
+    """One model folder (and adapter) against the cases, through a worker of the check's own."""
+    queue = RequestQueue.from_settings(settings)
+    try:
+        async with check_worker(
+            queue, worker_environment(settings), model_dir=model_dir, lora_dir=lora_dir, label=label
+        ) as model:
+            return await ask_cases(queue, model, persona, cases, label=label, max_new_tokens=max_new_tokens)
+    finally:
+        await queue.close()
