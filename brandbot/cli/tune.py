@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -125,7 +126,7 @@ def _tune(
     from worker.engines import check_model_folder
     from worker.tuning.dataset import common_ending, default_held_out, load_examples, split_held_out
     from worker.tuning.heldout import HeldOutCase
-    from worker.tuning.trainer import TuneOptions, describe, train_adapter
+    from worker.tuning.trainer import PAUSE_AT_STEP, TuneOptions, describe, train_adapter
 
     check_model_folder(model_dir)
     library = load_prompt_library(settings.prompts_dir)
@@ -170,6 +171,7 @@ def _tune(
         options=options,
         resume=resume,
         progress=_progress(console),
+        pause_at_step=int(os.environ[PAUSE_AT_STEP]) if os.environ.get(PAUSE_AT_STEP) else None,
     )
     console.print(describe(result))
     served_dir: Path = model_dir

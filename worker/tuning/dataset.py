@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,7 @@ def common_ending(answers: list[str], *, min_chars: int = 8) -> str | None:
             for answer in answers
         )
     ):
-        cut = ending.find(" ")
-        ending = ending[cut:] if cut >= 0 else ""
+        blank = re.search(r"\s", ending)
+        ending = ending[blank.start() :] if blank else ""
     ending = ending.strip()
     return ending if len(ending) >= min_chars else None

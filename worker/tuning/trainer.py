@@ -32,6 +32,11 @@ from worker.tuning.dataset import Example
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
+PAUSE_AT_STEP = "BRANDBOT_TEST_TUNE_PAUSE_AT_STEP"
+"""Test-only fault (read by the CLI entry point): after saving this step's checkpoint, training pauses
+for a minute, so a test's Ctrl-C lands mid-run on any machine, however fast."""
+PAUSE_SECONDS = 60.0
+
 
 class TuneError(BrandbotError):
     """Training cannot start or go on (one line for the admin)."""
@@ -92,6 +97,7 @@ def train_adapter(
     options: TuneOptions,
     resume: bool = False,
     progress: Progress | None = None,
+    pause_at_step: int | None = None,
 ) -> TuneResult:
     """Train and write the adapter to `output` (replaced only once complete)."""
     report = progress or Progress()
@@ -165,6 +171,10 @@ def train_adapter(
     class Report(TrainerCallback):
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             report.on_start(state.max_steps, state.global_step)
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if pause_at_step is not None and state.global_step == pause_at_step:
+                time.sleep(PAUSE_SECONDS)
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
             if logs and "loss" in logs:
