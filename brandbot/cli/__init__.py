@@ -179,6 +179,28 @@ def model_demo(
     typer.echo(f"demo model written to {folder}")
 
 
+@model_app.command("quantize")
+def model_quantize(
+    source: Annotated[Path, typer.Argument(help="A plain model folder, e.g. `brandbot tune --merge`'s.")],
+    target: Annotated[Path, typer.Argument(help="Where to write the quantized folder.")],
+    format: Annotated[str, typer.Option("--format", help="`exl2` (exllamav2) or `exl3` (exllamav3).")],
+    bits: Annotated[
+        float | None,
+        typer.Option(min=1.0, max=16.0, help="Bits per weight (default: exl2 4.125, exl3 4.0)."),
+    ] = None,
+) -> None:
+    """Quantize a merged fine-tune for the GPU engines (exllamav2's or exllamav3's converter; CUDA only)."""
+    from worker.quantize import QuantFormat, quantize
+
+    if format not in {f.value for f in QuantFormat}:
+        fail("--format must be exl2 or exl3", code=2)
+    run_tier(
+        lambda: typer.echo(
+            f"quantized model written to {quantize(source, target, QuantFormat(format), bits=bits)}"
+        )
+    )
+
+
 @bench_app.command("engine")
 def bench_engine(
     concurrency: Annotated[
