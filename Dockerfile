@@ -14,7 +14,8 @@ RUN pip install ".[slack,discord]" && rm -rf build *.egg-info && brandbot --help
 
 COPY prompts prompts
 # An unprivileged user with no home and no shell; compose runs the container read-only.
-RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+RUN groupadd --system --gid 10001 brandbot \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin brandbot
 USER 10001:10001
 CMD ["brandbot", "--help"]

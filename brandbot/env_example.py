@@ -79,7 +79,8 @@ COMPOSE_VARIABLES = (
     ComposeVariable(
         "BRANDBOT_COMPOSE_CUDA_ARCH_LIST",
         "GPU architectures the worker image compiles its CUDA kernels for, at build time "
-        "(TORCH_CUDA_ARCH_LIST: 8.0 A100, 8.6 RTX 30xx/A10/A40, 8.9 RTX 40xx/L4/L40, 9.0 H100/H200).",
+        "(TORCH_CUDA_ARCH_LIST: 8.0 A100, 8.6 RTX 30xx/A10/A40, 8.9 RTX 40xx/L4/L40, 9.0 H100/H200). "
+        "Each architecture adds to the build time: list only your GPUs'.",
         "8.0;8.6;8.9;9.0+PTX",
         commented=True,
     ),
