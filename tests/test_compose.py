@@ -212,6 +212,12 @@ def test_a_platform_token_in_dot_env_reaches_its_front_end_only() -> None:
     assert dot_env["BRANDBOT_REDIS_FRONTEND_PASSWORD"] not in str(worker)
 
 
+def test_docker_waits_for_a_worker_to_drain_before_killing_it() -> None:
+    grace = SERVICES["worker"]["stop_grace_period"]
+    assert grace.endswith("s")
+    assert float(grace.removesuffix("s")) > Settings.model_fields["drain_grace_seconds"].default + 10
+
+
 def test_containers_run_unprivileged_on_a_read_only_root() -> None:
     assert SERVICES["redis"]["user"] == "redis"
     for name, service in SERVICES.items():
