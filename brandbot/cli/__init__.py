@@ -14,6 +14,7 @@ import typer
 from brandbot.cli.chat import chat
 from brandbot.cli.feedback import feedback_app
 from brandbot.cli.prompts import prompts_app
+from brandbot.cli.settings import settings_app
 from brandbot.errors import BrandbotError, SettingsError
 from brandbot.logs import configure_logging
 from brandbot.settings import Settings, SlackMode, WorkerSettings, load_settings
@@ -37,6 +38,7 @@ bench_app = typer.Typer(
 app.add_typer(bench_app, name="bench")
 app.add_typer(prompts_app, name="prompts")
 app.add_typer(feedback_app, name="feedback")
+app.add_typer(settings_app, name="settings")
 app.command()(chat)
 
 
