@@ -41,7 +41,8 @@ def test_check_passes_on_the_shipped_files(prompts_dir: Path) -> None:
     result = brandbot("prompts", "check", cwd=prompts_dir.parent)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout == (
-        "prompts: OK — 3 persona(s) (default, engineering, support); default persona: default\n"
+        "prompts: OK — 3 persona(s) (default, engineering, support); default persona: default; "
+        "3 eval file(s)\n"
     )
 
 
