@@ -76,16 +76,22 @@ class Change:
     after: bool | None
 
 
+def side_by_side(before: CaseOutcome, after: CaseOutcome) -> list[Change]:
+    """Each check of one case on both sides (A's order, then checks only B has)."""
+    old_checks = {check.name: check.passed for check in _rows(before)}
+    new_checks = {check.name: check.passed for check in _rows(after)}
+    names = [*old_checks, *(name for name in new_checks if name not in old_checks)]
+    return [Change(before.persona, before.case, n, old_checks.get(n), new_checks.get(n)) for n in names]
+
+
 def changes(before: Sequence[CaseOutcome], after: Sequence[CaseOutcome]) -> list[Change]:
     """Every check whose result differs between the two sides (same cases, in the same order)."""
-    found: list[Change] = []
-    for old, new in zip(before, after, strict=True):
-        old_checks = {check.name: check.passed for check in _rows(old)}
-        new_checks = {check.name: check.passed for check in _rows(new)}
-        for name in [*old_checks, *(n for n in new_checks if n not in old_checks)]:
-            if old_checks.get(name) != new_checks.get(name):
-                found.append(Change(old.persona, old.case, name, old_checks.get(name), new_checks.get(name)))
-    return found
+    return [
+        change
+        for old, new in zip(before, after, strict=True)
+        for change in side_by_side(old, new)
+        if change.before != change.after
+    ]
 
 
 def _side_mark(value: bool | None) -> str:
@@ -103,20 +109,15 @@ def print_compare(
     for column in ("persona", "case", "check", "A", "B", ""):
         table.add_column(column)
     for old, new in zip(before, after, strict=True):
-        old_checks = {check.name: check.passed for check in _rows(old)}
-        new_checks = {check.name: check.passed for check in _rows(new)}
-        names = [*old_checks, *(n for n in new_checks if n not in old_checks)]
-        for index, name in enumerate(names):
-            a, b = old_checks.get(name), new_checks.get(name)
-            changed = "[bold yellow]changed[/]" if a != b else ""
+        for index, change in enumerate(side_by_side(old, new)):
             first = index == 0
             table.add_row(
                 old.persona if first else "",
                 old.case if first else "",
-                name,
-                _side_mark(a),
-                _side_mark(b),
-                changed,
+                change.check,
+                _side_mark(change.before),
+                _side_mark(change.after),
+                "[bold yellow]changed[/]" if change.before != change.after else "",
             )
         table.add_section()
     console.print(table)
@@ -127,7 +128,12 @@ def print_compare(
     if not found:
         console.print("No check changed.")
     for change in found:
-        direction = "now passes" if change.after else "now fails" if change.after is False else "is gone"
+        if change.before is None:
+            direction = f"is new in B and {'passes' if change.after else 'fails'}"
+        elif change.after is None:
+            direction = "is gone in B"
+        else:
+            direction = "now passes" if change.after else "now fails"
         console.print(f"changed: {change.persona} / {change.case} / {change.check} {direction}")
 
 
