@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from brandbot.evals.workers import worker_environment
 from brandbot.settings import Settings
 from tests.conftest import REPO, WorkerProcess, worker_env
 
@@ -202,3 +204,14 @@ def test_eval_through_a_real_worker_then_compare_two_prompt_folders(
     assert document["a"]["cases"][0]["answer"] == passes["answer"]  # same seed, same answer
     assert phrase.lower() not in document["b"]["cases"][2]["answer"].lower()
     assert document["b"]["pass_rates"]["tiny"] == {"passed": 2, "cases": 3, "rate": 2 / 3}
+
+
+def test_the_evals_own_worker_gets_these_settings_and_code_but_no_metrics_port(
+    settings: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    env = worker_environment(settings(metrics_port=9464, model_dir=Path("models/tiny"), model_name="big"))
+    assert "BRANDBOT_METRICS_PORT" not in env  # a worker on this host may already serve it
+    assert env["BRANDBOT_MODEL_DIR"] == str(tmp_path / "models" / "tiny")  # it starts in another folder
+    assert env["BRANDBOT_MODEL_NAME"] == "big"
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(REPO)  # this checkout's code, not an installed copy

@@ -15,7 +15,7 @@ from rich.console import Console
 from brandbot.errors import BrandbotError, PromptFileError
 from brandbot.evals.report import compare_json, lowest_rate, print_compare, print_run, run_json
 from brandbot.evals.runner import CaseOutcome, Side, run_side
-from brandbot.evals.workers import private_worker
+from brandbot.evals.workers import private_worker, worker_environment
 from brandbot.promptfiles.evals import EvalSuite, load_evals
 from brandbot.promptfiles.library import PromptLibrary, load_prompt_library
 from brandbot.promptfiles.models import MODEL_NAME_PATTERN
@@ -147,6 +147,7 @@ async def _run(
 ) -> list[list[CaseOutcome]]:
     queue = RequestQueue.from_settings(settings)
     results: list[list[CaseOutcome]] = []
+    environment = worker_environment(settings) if any(t.folder for t in targets) else {}
 
     async def ask(side: Side) -> list[CaseOutcome]:
         return await run_side(
@@ -163,7 +164,9 @@ async def _run(
             if target.folder is None:
                 results.append(await ask(target.side))
                 continue
-            async with private_worker(queue, target.folder, label=label) as model:  # one at a time: one GPU
+            async with private_worker(
+                queue, environment, target.folder, label=label
+            ) as model:  # one at a time: one GPU
                 results.append(await ask(replace(target.side, model=model)))
     finally:
         await queue.close()
