@@ -227,13 +227,13 @@ class TransformersEngine(Engine):
         seq.offsets.append(len(seq.text))
         shown = seq.text
         if seq.banned:
-            keep = seq.banned.roll_back_to(
-                _before_stop(seq.text, seq.sampling.stop_strings), seq.offsets, seq.generated
-            )
+            answer = _before_stop(seq.text, seq.sampling.stop_strings)  # what follows a stop is never shown
+            keep = seq.banned.roll_back_to(answer, seq.offsets, seq.generated)
             if keep is not None:
                 self._roll_back(seq, keep)
                 return False
-            shown = seq.text[: seq.banned.shown_end(seq.text, seq.offsets)]
+            if len(answer) == len(seq.text):  # no stop string yet: hold back what may begin a phrase
+                shown = seq.text[: seq.banned.shown_end(seq.text, seq.offsets)]
         seq.stream.put_delta(seq.stop_filter.feed(shown))
         if seq.stop_filter.stopped:
             return self._finish(seq, FinishReason.STOP)
