@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+
+import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -9,6 +12,7 @@ from brandbot import keys
 from brandbot.connections import worker_connection
 from brandbot.errors import EngineLoadError
 from brandbot.feedback import FeedbackRecorder
+from brandbot.health import Readiness, probe_client, serve_ops
 from brandbot.logs import get_logger
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.settings import Settings
@@ -49,6 +53,28 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
         settings, socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0)
     )
     prompts = LivePromptLibrary(settings.prompts_dir)
+    # Served from before the model loads: alive at once, ready once the model is loaded.
+    metrics = WorkerMetrics(model=settings.model_name, engine=settings.engine.value)
+    loaded = threading.Event()
+    readiness = Readiness(redis_client=probe_client(settings))
+    readiness.add("model loaded", loaded.is_set)
+    ops = serve_ops(settings, registry=metrics.registry, readiness=readiness)
+    try:
+        _serve(settings, faults, connection, replies_connection, prompts, metrics, loaded)
+    finally:
+        if ops is not None:
+            ops.close()
+
+
+def _serve(
+    settings: Settings,
+    faults: WorkerFaults,
+    connection: redis.Redis,
+    replies_connection: redis.Redis,
+    prompts: LivePromptLibrary,
+    metrics: WorkerMetrics,
+    loaded: threading.Event,
+) -> None:
     engine = load_engine(
         settings.engine,
         settings.model_dir,
@@ -61,10 +87,7 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
     except Exception as error:
         engine.close()
         raise EngineLoadError(str(error)) from None
-    metrics = WorkerMetrics(model=settings.model_name, engine=engine.name)
     metrics.engine_requests.set_function(engine.in_flight)
-    if settings.metrics_port:
-        metrics.serve(settings.metrics_port, host=settings.metrics_host)
     service = ReplyService(
         engine=engine,
         template=template,
@@ -93,6 +116,7 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
             "mode": engine.mode,
             "concurrency": str(settings.worker_concurrency),
             "engine_concurrency": str(engine.max_concurrency),
+            "tokens_per_second": f"{metrics.token_rate.per_second():.1f}",
         },
         fatal_error=lambda: engine.failure,
         on_drain_timeout=service.abort_all,
@@ -116,6 +140,7 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
     )
     prompts.start_watching()
     faults.arm(engine)
+    loaded.set()
     try:
         worker.run()
     finally:
