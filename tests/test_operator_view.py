@@ -1,5 +1,7 @@
 """The operator's view against running processes: `brandbot status`, `brandbot failed …`, the health
-endpoints of a real worker and a real Slack front-end, `brandbot probe`, and the front-end's metrics."""
+endpoints of a real worker and real front-ends, `brandbot probe`, and the front-ends' metrics."""
+
+# ruff: noqa: F811 (test arguments are the imported fixtures, by pytest's design)
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from pydantic import AnyHttpUrl, SecretStr
 from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry
@@ -26,6 +29,8 @@ from brandbot.queue import JOB_FUNCTION, RequestQueue
 from brandbot.settings import Settings
 from brandbot.status import gather
 from tests.conftest import TEST_REDIS_URL, PrivateRedis, WorkerProcess, free_port
+from tests.discord_fixtures import discord_emulator  # noqa: F401 (fixture by name)
+from tests.emulators.discord import DiscordEmulator
 from tests.emulators.slack import SlackEmulator
 from tests.redis_servers import LockedRedis
 from tests.slack_fixtures import front_end_settings
@@ -263,3 +268,24 @@ def wait_for_metric(port: int, line: str, timeout: float = 30) -> str:
             return text
         time.sleep(0.1)
     raise AssertionError(f"{line!r} not in the metrics:\n{text}")
+
+
+async def test_discord_front_end_is_ready_once_connected_and_serves_its_metrics(
+    discord_emulator: DiscordEmulator, settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    emulator = discord_emulator
+    port = free_port()
+    base = settings(metrics_port=port).model_copy(
+        update={
+            "discord_token": SecretStr(emulator.token),
+            "discord_api_url": AnyHttpUrl(emulator.api_url),
+            "discord_gateway_url": emulator.gateway_url,
+        }
+    )
+    async with front_end("discord", base, tmp_path / "discord.log") as process:
+        await emulator.wait_for_identify(timeout=30)
+        assert (await asyncio.to_thread(wait_for_status, port, "/readyz", 200)).strip() == "ready"
+        metrics = http_get(port, "/metrics")[1]
+        assert 'brandbot_frontend_events_total{platform="discord"} 0.0' in metrics
+        assert 'brandbot_frontend_answers_in_flight{platform="discord"} 0.0' in metrics
+        assert await process.stop() == 0
