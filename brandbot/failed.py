@@ -58,11 +58,16 @@ class FailedJob:
 
 
 def model_queues(connection: redis.Redis) -> list[Queue]:
+    """Every model queue, known to RQ or only by a failed-job registry of its name."""
     names: Any = connection.smembers(Queue.redis_queues_keys)
     prefix = Queue.redis_queue_namespace_prefix
+    found = {keys.as_text(n).removeprefix(prefix) for n in names}
+    failed_prefix = FailedJobRegistry.key_template.format("")
+    pattern = FailedJobRegistry.key_template.format(keys.model_queue("*"))
+    found |= {keys.as_text(key).removeprefix(failed_prefix) for key in connection.scan_iter(match=pattern)}
     return [
         Queue(name, connection=connection, serializer=JSONSerializer, job_class=AdmittedJob)
-        for name in sorted(keys.as_text(n).removeprefix(prefix) for n in names)
+        for name in sorted(found)
         if name.startswith(keys.model_queue(""))
     ]
 

@@ -289,3 +289,19 @@ async def test_discord_front_end_is_ready_once_connected_and_serves_its_metrics(
         assert 'brandbot_frontend_events_total{platform="discord"} 0.0' in metrics
         assert 'brandbot_frontend_answers_in_flight{platform="discord"} 0.0' in metrics
         assert await process.stop() == 0
+
+
+def test_a_forged_failed_job_is_shown_as_refused_and_never_requeued(redis_client: redis.Redis) -> None:
+    queue = Queue(keys.model_queue("default"), connection=redis_client, serializer=JSONSerializer)
+    job = queue.create_job(JOB_FUNCTION, args=({},), job_id="forged1")
+    job.save()
+    redis_client.hset(job.key, "success_callback_name", "os.system")  # RQ would import and call it
+    redis_client.zadd(queue.failed_job_registry.key, {"forged1": time.time() + 3600})
+
+    code, out, err = cli("failed", "list", "--json")
+    assert code == 0, err
+    [row] = json.loads(out)
+    assert row["id"] == "forged1" and row["refused"] is True
+    code, _, err = cli("failed", "requeue", "forged1")
+    assert code == 1 and "is not a reply job" in err
+    assert redis_client.llen(queue.key) == 0

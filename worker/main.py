@@ -60,7 +60,7 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
     readiness.add("model loaded", loaded.is_set)
     ops = serve_ops(settings, registry=metrics.registry, readiness=readiness)
     try:
-        _serve(settings, faults, connection, replies_connection, prompts, metrics, loaded)
+        _serve(settings, faults, connection, replies_connection, prompts, metrics, loaded, readiness)
     finally:
         if ops is not None:
             ops.close()
@@ -74,6 +74,7 @@ def _serve(
     prompts: LivePromptLibrary,
     metrics: WorkerMetrics,
     loaded: threading.Event,
+    readiness: Readiness,
 ) -> None:
     engine = load_engine(
         settings.engine,
@@ -140,6 +141,7 @@ def _serve(
     )
     prompts.start_watching()
     faults.arm(engine)
+    readiness.add("job slots running", lambda: worker.live_slots() > 0)
     loaded.set()
     try:
         worker.run()
