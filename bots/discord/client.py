@@ -9,6 +9,7 @@ async with bot:
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Callable
@@ -257,7 +258,7 @@ async def run_discord(settings: Settings) -> None:
         ) from None
     finally:
         if ops is not None:
-            ops.close()
+            await asyncio.to_thread(ops.close)  # waits for its serving loop to notice
         prompts.stop_watching()
         await queue.close()
         log.info("discord front-end stopped")

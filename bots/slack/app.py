@@ -195,7 +195,7 @@ async def run_slack(settings: Settings) -> None:
         await serve_until_signalled(_serve(app, settings))
     finally:
         if ops is not None:
-            ops.close()
+            await asyncio.to_thread(ops.close)  # waits for its serving loop to notice
         await app.shutdown()
         prompts.stop_watching()
         await queue.close()
