@@ -466,28 +466,18 @@ def test_the_worker_starts_with_the_environment_compose_gives_it(
             assert response.status == 200
         environ = Path(f"/proc/{process.pid}/environ").read_bytes()
         assert b"xoxb-secret" not in environ and b"BRANDBOT_SLACK" not in environ
-        if probe_available():  # `brandbot probe` lands with the health-endpoint work (issue 11)
-            # The health check exactly as Docker runs it: the healthcheck's command, the container's env.
-            healthcheck = SERVICES["worker"]["healthcheck"]["test"][1:]
-            probe = [sys.executable, "-m", "brandbot.cli", *healthcheck[1:]]
-            probe_env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), **environment}
-            deadline = time.monotonic() + 60
-            while subprocess.run(probe, env=probe_env, cwd=tmp_path, timeout=30).returncode != 0:
-                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
+        # The health check exactly as Docker runs it: the healthcheck's command, the container's env.
+        healthcheck = SERVICES["worker"]["healthcheck"]["test"][1:]
+        probe = [sys.executable, "-m", "brandbot.cli", *healthcheck[1:]]
+        probe_env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), **environment}
+        deadline = time.monotonic() + 60
+        while subprocess.run(probe, env=probe_env, cwd=tmp_path, timeout=30).returncode != 0:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
     finally:
         process.terminate()
         process.wait(timeout=60)
         status.close()
-
-
-def probe_available() -> bool:
-    from brandbot.cli import app
-
-    return any(
-        (command.name or getattr(command.callback, "__name__", "")) == "probe"
-        for command in app.registered_commands
-    )
 
 
 @pytest.mark.parametrize("service", FRONT_ENDS)

@@ -9,6 +9,7 @@ async with bot:
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from bots.lifecycle import serve_until_signalled
 from brandbot import messages
 from brandbot.errors import SettingsError
 from brandbot.feedback import FeedbackStore
+from brandbot.health import Readiness, probe_client, serve_ops
 from brandbot.logs import get_logger
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.queue import RequestQueue
@@ -241,6 +243,9 @@ async def run_discord(settings: Settings) -> None:
         access=lambda: prompts.current().routing.discord.access,
     )
     log.info("discord front-end starting", api=str(settings.discord_api_url))
+    readiness = Readiness(redis_client=probe_client(settings))
+    readiness.add("discord connected", lambda: bot.is_ready() and not bot.is_closed())
+    ops = serve_ops(settings, registry=bot.conversations.metrics.registry, readiness=readiness)
     try:
         async with bot:  # closing it stops the relays; their answers resume in the next process
             await serve_until_signalled(bot.start(settings.discord_token.get_secret_value()))
@@ -252,6 +257,8 @@ async def run_discord(settings: Settings) -> None:
             "(README, section Discord)"
         ) from None
     finally:
+        if ops is not None:
+            await asyncio.to_thread(ops.close)  # waits for its serving loop to notice
         prompts.stop_watching()
         await queue.close()
         log.info("discord front-end stopped")
