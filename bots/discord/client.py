@@ -30,7 +30,7 @@ from bots.discord.rating import AnswerRatings, RatingButton
 from bots.discord.sinks import NO_PINGS
 from bots.lifecycle import serve_until_signalled
 from brandbot import messages
-from brandbot.errors import SettingsError
+from brandbot.errors import PlatformUnreachable, SettingsError
 from brandbot.feedback import FeedbackStore
 from brandbot.health import Readiness, probe_client, serve_ops
 from brandbot.logs import get_logger
@@ -251,6 +251,11 @@ async def run_discord(settings: Settings) -> None:
             await serve_until_signalled(bot.start(settings.discord_token.get_secret_value()))
     except discord.LoginFailure:
         raise SettingsError("BRANDBOT_DISCORD_TOKEN was rejected by Discord") from None
+    except OSError as error:  # aiohttp's connection errors among them; the gateway reconnects by itself later
+        raise PlatformUnreachable(
+            f"cannot reach Discord at {settings.discord_api_url} ({type(error).__name__}); "
+            "check BRANDBOT_DISCORD_API_URL and the network, then start again"
+        ) from None
     except discord.PrivilegedIntentsRequired:
         raise SettingsError(
             "Discord refused the MESSAGE CONTENT intent: enable it for this bot in the developer portal "
