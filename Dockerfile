@@ -1,15 +1,21 @@
-# Front-ends: the slim default. GPU workers: BASE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-devel (CUDA + nvcc,
-# which exllamav2 needs to build its kernels) and EXTRAS=gpu.
-ARG BASE=python:3.11-slim
-FROM ${BASE}
+# The front-end image: `brandbot slack`, `brandbot discord`, `brandbot status`. No torch, no model, no
+# compiler. GPU workers are built from Dockerfile.gpu.
+FROM python:3.11-slim-bookworm
+
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    HF_HUB_OFFLINE=1
 WORKDIR /app
-ENV PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+
 COPY pyproject.toml README.md ./
 COPY brandbot brandbot
 COPY bots bots
 COPY worker worker
-# One image for every tier; EXTRAS picks what a host gets (front-ends never install torch).
-ARG EXTRAS=slack,discord
-RUN pip install ".[${EXTRAS}]"
+RUN pip install ".[slack,discord]" && rm -rf build *.egg-info && brandbot --help >/dev/null
+
 COPY prompts prompts
-USER 1000
+# An unprivileged user with no home and no shell; compose runs the container read-only.
+RUN groupadd --system --gid 10001 brandbot \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin brandbot
+USER 10001:10001
+CMD ["brandbot", "--help"]

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from rq.job import Job
 
 from bots.access import AccessRules, Asker, RateLimiter, Refusal, check_access
+from bots.metrics import FrontEndError, FrontEndMetrics
 from bots.relay import ChannelPacer, relay_reply
 from bots.relay_book import REDIS_ERRORS, RelayBook
 from bots.surface import AnswerEditor, AnswerSink, ChatAdapter, Reception, Undeliverable
@@ -118,6 +119,7 @@ class Conversations:
         access: Callable[[], AccessRules],
         pacer: ChannelPacer | None = None,
         on_enqueued: EnqueueObserver | None = None,
+        metrics: FrontEndMetrics | None = None,
     ) -> None:
         self.adapter = adapter
         self.settings = settings
@@ -127,6 +129,7 @@ class Conversations:
         self.pacer = pacer or ChannelPacer(settings.edit_interval_seconds)
         self.on_enqueued = on_enqueued
         self.platform = adapter.platform.value
+        self.metrics = metrics or FrontEndMetrics(platform=self.platform)
         self.rate_limiter = RateLimiter(queue.redis)
         self.book = RelayBook(
             queue.redis, platform=self.platform, retention_seconds=settings.retention_seconds
@@ -162,6 +165,7 @@ class Conversations:
         return await asyncio.shield(self._track(self._intakes, self._take_in(question, reception)))
 
     async def _take_in(self, question: Question, reception: Reception) -> asyncio.Task[None] | None:
+        self.metrics.events.inc()
         async with self._intake_slots:
             accepted = await self._accept(question, reception)
         if accepted is None:
@@ -224,6 +228,7 @@ class Conversations:
                     await asyncio.sleep(INTAKE_RETRY_SECONDS)
                     continue
                 log.warning("redis unreachable, question not taken", event_id=question.event_ids[0])
+                self.metrics.error(FrontEndError.REDIS_UNREACHABLE)
                 with contextlib.suppress(*REDIS_ERRORS):
                     await self.book.forget(request_id)
                 if question.explicit:
@@ -248,6 +253,7 @@ class Conversations:
             )
             await self._forget(request_id)
             return None
+        self.metrics.acks.inc()
         return await self._start_answer(question, reception, verdict, request_id, sink)
 
     async def _screen_in_redis(
@@ -319,6 +325,7 @@ class Conversations:
         if isinstance(enqueued, BaseException):
             # A bug, not an outage: say so rather than leave "Thinking…" up forever.
             log.error("request not built", request_id=request_id, **crash_report(enqueued))
+            self.metrics.error(FrontEndError.BUG)
             if shown is True:
                 await self._finish_quietly(editor, messages.GENERATION_FAILED)
             await self._finish(request_id)
@@ -369,9 +376,12 @@ class Conversations:
             enqueued = await self.queue.enqueue(request, model=resolution.persona.model)
         except QueueUnavailable:
             log.warning("redis unreachable, request not queued", request_id=request_id)
+            self.metrics.error(FrontEndError.NOT_QUEUED)
             return None
+        seconds = time.perf_counter() - question.received_at
+        self.metrics.enqueue_latency.observe(seconds)
         if self.on_enqueued is not None:
-            self.on_enqueued(time.perf_counter() - question.received_at)
+            self.on_enqueued(seconds)
         log.info(
             "request queued",
             request_id=request_id,
@@ -385,6 +395,13 @@ class Conversations:
 
     async def _relay(self, answer: Accepted) -> None:
         """Follow the reply stream to its end; a cancelled relay (shutdown) keeps its record for later."""
+        self.metrics.answers_in_flight.inc()
+        try:
+            await self._relay_to_the_end(answer)
+        finally:
+            self.metrics.answers_in_flight.dec()
+
+    async def _relay_to_the_end(self, answer: Accepted) -> None:
         request_id, editor, sink = answer.request_id, answer.editor, answer.sink
         try:
             if answer.ahead:
@@ -400,15 +417,19 @@ class Conversations:
             )
             if outcome.status == "lost_lease":
                 return  # the process that holds the lease now finishes it
+            if outcome.status != "done":
+                self.metrics.error(outcome.status)  # error, no_worker, unreachable, lost, timeout
             await sink.discard_leftovers()
             log.info("reply relayed", request_id=request_id, status=outcome.status, chars=len(outcome.text))
         except Undeliverable as error:
             log.warning("reply undeliverable, generation stopped", request_id=request_id, error=error)
+            self.metrics.error(FrontEndError.UNDELIVERABLE)
             await self._cancel_quietly(request_id)
             await sink.abandon()
         except Exception as error:
             # A bug, not an outage: stop the generation and say so, rather than leave it up forever.
             log.error("relaying failed", request_id=request_id, **crash_report(error))
+            self.metrics.error(FrontEndError.BUG)
             await self._cancel_quietly(request_id)
             await self._finish_quietly(editor, messages.GENERATION_FAILED)
         with contextlib.suppress(Undeliverable):

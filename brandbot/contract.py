@@ -81,6 +81,12 @@ class GenerationRequest(_Model):
     persona: str
     turns: list[Turn] = Field(min_length=1)
     limits: Limits = Limits()
+    seed: int | None = Field(
+        None,
+        ge=0,
+        lt=2**31,
+        description="Sampling seed: the same request and seed give the same answer (evals); unset = random.",
+    )
     keep_for_rating: bool = Field(
         False,
         description="Keep a copy of the answered conversation for the retention period so people can rate it "

@@ -43,3 +43,7 @@ class WorkerFailed(BrandbotError):
 
 class RepliesUnpublishable(BrandbotError):
     """Redis stayed unavailable longer than a reply may wait: the worker stops generating that reply."""
+
+
+class PlatformUnreachable(BrandbotError):
+    """Slack's or Discord's API did not answer at start-up (one line for the admin, not a traceback)."""

@@ -214,6 +214,10 @@ class LibraryRecordFilter(logging.Filter):
             message = str(record.msg)
         if self.redact.hide_text:
             message = self._drop_payloads(record.name, message)
+        if isinstance(exception_of(record.exc_info), OSError):
+            # A network failure the library retries (Slack, Discord, aiohttp): one line, not a traceback.
+            message = f"{message} ({type(exception_of(record.exc_info)).__name__})"
+            record.exc_info, record.exc_text = None, None
         record.msg, record.args = self.redact(message), None
         return True
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -13,6 +14,7 @@ import redis.asyncio
 from rq import Queue, Retry
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.utils import utcparse
 
 from brandbot import connections, keys
 from brandbot.contract import GenerationRequest, ReplyEvent
@@ -221,3 +223,22 @@ class RequestQueue:
             return bool(await self._async.ping())
         except REDIS_OUTAGE:
             return False
+
+
+def oldest_wait_seconds(connection: redis.Redis, queue_name: str) -> float | None:
+    """How long the request at the head of `queue_name` has waited (None: the queue is empty).
+
+    Reads one field of one job hash (`enqueued_at`), never the payload; raises `NoPermissionError` for a
+    Redis user that may not read job hashes (the `status` user).
+    """
+    head: Any = connection.lindex(Queue.redis_queue_namespace_prefix + queue_name, 0)
+    if head is None:
+        return None
+    enqueued: Any = connection.hget(Job.key_for(keys.as_text(head)), "enqueued_at")
+    if enqueued is None:
+        return None
+    try:
+        since = utcparse(keys.as_text(enqueued))
+    except ValueError:
+        return None
+    return round(max((datetime.now(UTC) - since).total_seconds(), 0.0), 1)

@@ -78,7 +78,11 @@ class Settings(BaseSettings):
         120.0, gt=0, description="A reply stops (marked cut short) once generating takes this long."
     )
     metrics_port: int | None = Field(
-        None, ge=1, le=65535, description="Serve Prometheus metrics on this port."
+        None,
+        ge=1,
+        le=65535,
+        description="Serve Prometheus metrics (`/metrics`) and health checks (`/healthz`, `/readyz`) on this "
+        "port, in each process (worker, front-ends); `brandbot probe` asks it.",
     )
     drain_grace_seconds: float = Field(
         30.0, ge=0, description="On SIGTERM, running answers get this long to finish; the rest are requeued."
@@ -161,7 +165,7 @@ class Settings(BaseSettings):
     )
     metrics_host: str = Field(
         "127.0.0.1",
-        description="Address the worker's Prometheus metrics listen on; `0.0.0.0` opens them to the network.",
+        description="Address the metrics and health checks listen on; `0.0.0.0` opens them to the network.",
     )
 
     # -- Redis security and high availability ----------------------------------------------------

@@ -102,8 +102,9 @@ def test_unreachable_redis_is_one_line_for_worker_and_status(tiny_model: Path) -
         result = run_cli(
             command, BRANDBOT_MODEL_DIR=str(tiny_model), BRANDBOT_REDIS_URL="redis://127.0.0.1:1/0"
         )
-        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.returncode == (2 if command == "status" else 1) and "Traceback" not in result.stderr
         assert "cannot reach Redis at BRANDBOT_REDIS_URL" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_status_prints_workers_and_queues(worker_process: object) -> None:

@@ -7,6 +7,7 @@ The GPU engines run a random model with realistic shapes (head size 128, hidden 
 from __future__ import annotations
 
 import importlib.util
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,6 +135,25 @@ def test_stop_string_ends_generation_and_never_reaches_the_user(engine: Engine, 
     assert stopped.result.finish_reason is FinishReason.STOP
     assert stop not in shown
     assert shown == text[: text.index(stop)]
+
+
+def test_banned_phrase_is_never_generated_and_the_answer_still_finishes(engine: Engine, prompt: str) -> None:
+    free = engine.submit(prompt, GREEDY, deadline_seconds=60)
+    collect(free)
+    assert free.result is not None
+    # Two words of what the model says unbanned: a phrase that spans tokens (the tiny model writes nonsense).
+    found = re.search(r"[A-Za-z]{2,} [A-Za-z]{2,}", free.result.text)
+    assert found is not None, "the tiny model's answer changed shape; pick another prompt"
+    phrase = found.group()
+    assert engine.count_tokens(phrase) >= 2
+    banned = SamplingSettings(temperature=0.0, max_new_tokens=40, banned_phrases=(phrase.upper(),))
+    stream = engine.submit(prompt, banned, deadline_seconds=60)
+    deltas = collect(stream)
+    assert stream.result is not None
+    assert stream.result.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+    assert phrase.lower() not in stream.result.text.lower()
+    assert "".join(deltas) == stream.result.text  # nothing streamed was taken back
+    assert stream.result.text != free.result.text
 
 
 def test_cancel_stops_within_a_second_with_the_partial_answer(engine: Engine, prompt: str) -> None:

@@ -389,7 +389,13 @@ def test_job_gets_explicit_sampler_settings_stop_conditions_and_special_tokens(
 
     monkeypatch.setattr(FakeGenerator, "enqueue", spy)
     sampling = SamplingSettings(
-        temperature=0.5, top_p=0.9, top_k=20, min_p=0.1, stop_strings=("User:", ""), seed=3
+        temperature=0.5,
+        top_p=0.9,
+        top_k=20,
+        min_p=0.1,
+        stop_strings=("User:", ""),
+        banned_phrases=("As an AI",),
+        seed=3,
     )
     collect(engine.submit("say:x|<eos>", sampling, deadline_seconds=10))
     (job,) = seen
@@ -398,6 +404,7 @@ def test_job_gets_explicit_sampler_settings_stop_conditions_and_special_tokens(
         **sampler_settings(sampling),
     }
     assert job.kwargs["seed"] == 3
+    assert job.kwargs["banned_strings"] == ["As an AI"]  # the library folds case itself
     assert set(job.stop_conditions) == {EOS_ID, END_OF_TURN_ID, "User:"}  # the empty stop string is dropped
     assert job.max_new_tokens == sampling.max_new_tokens
     assert engine.count_tokens("ab<|im_end|>") == 3  # a rendered prompt's special tokens count once
@@ -623,6 +630,13 @@ class TestOnGpu:
         stop = SamplingSettings(temperature=0, stop_strings=("z",))
         stopped = collect(engine.submit(CHAT, stop, deadline_seconds=60))[1]
         assert (stopped.finish_reason, stopped.text) == (FinishReason.STOP, "xy")
+
+    def test_banned_phrase_is_never_generated(self, gpu_engine: ExLlamaV2Engine) -> None:
+        banned = SamplingSettings(temperature=0, max_new_tokens=16, banned_phrases=("YZ",))
+        deltas, result = collect(gpu_engine.submit(CHAT, banned, deadline_seconds=60))
+        assert result.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+        assert result.text.startswith("x") and "yz" not in result.text.lower()
+        assert "".join(deltas) == result.text
 
     def test_cancel_keeps_the_partial_text(self, gpu_engine: ExLlamaV2Engine) -> None:
         engine = gpu_engine

@@ -22,7 +22,7 @@ from brandbot import messages
 from brandbot.emulators.discord import DiscordEmulator
 from brandbot.emulators.slack import Message, SlackEmulator
 from brandbot.settings import Settings
-from tests.conftest import REPO, WorkerProcess, worker_env
+from tests.conftest import REPO, WorkerProcess, free_port, worker_env
 from tests.core_fixtures import inflight_records
 from tests.discord_fixtures import discord_emulator  # noqa: F401 (fixture by name)
 from tests.slack_fixtures import front_end_settings, is_final_answer, visible
@@ -189,3 +189,34 @@ async def test_the_discord_front_end_stops_cleanly_on_a_signal(
     assert code == 0, bot.log()
     assert "Traceback" not in bot.log()
     assert "stopped" in bot.log()
+
+
+async def test_an_unreachable_platform_api_is_one_line_per_attempt_never_a_traceback(
+    settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Slack's front-end keeps retrying (a line per attempt); Discord's stops with one line for the admin."""
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    slack_settings = settings(
+        slack_bot_token=SecretStr("xoxb-1"),
+        slack_app_token=SecretStr("xapp-1"),
+        slack_api_url=AnyHttpUrl(f"{nowhere}/api/"),
+    )
+    discord_settings = settings(
+        discord_token=SecretStr("t"), discord_api_url=AnyHttpUrl(f"{nowhere}/api/v10")
+    )
+    async with (
+        front_end("slack", slack_settings, tmp_path / "slack.log") as slack,
+        front_end("discord", discord_settings, tmp_path / "discord.log") as discord,
+    ):
+        discord_code = await asyncio.to_thread(discord.process.wait, 60)
+        for _ in range(600):
+            if "Failed to connect" in slack.log():
+                break
+            await asyncio.sleep(0.1)
+        assert "Failed to connect" in slack.log() and slack.process.poll() is None
+        assert await slack.stop() == 0
+
+    assert "Traceback" not in slack.log()
+    assert discord_code == 1
+    assert "Traceback" not in discord.log()
+    assert discord.log().strip().splitlines()[-1].startswith(f"brandbot: cannot reach Discord at {nowhere}")

@@ -41,7 +41,8 @@ def test_check_passes_on_the_shipped_files(prompts_dir: Path) -> None:
     result = brandbot("prompts", "check", cwd=prompts_dir.parent)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout == (
-        "prompts: OK — 3 persona(s) (default, engineering, support); default persona: default\n"
+        "prompts: OK — 3 persona(s) (default, engineering, support); default persona: default; "
+        "3 eval file(s)\n"
     )
 
 
@@ -57,8 +58,9 @@ def test_check_prints_every_problem_with_file_line_field_and_fails(prompts_dir: 
         "(known: assistant_name, channel, company, platform, today, user)",
         "prompts/personas/support.yaml:6: sampling.temperature: must be ≤ 2",
         "prompts/personas/support.yaml:8: stop: must be a list (lines starting with `- `)",
-        "prompts/personas/support.yaml:9: colour: unknown key (expected one of: confidential, description, "
-        "display_name, examples, lora, model, refusal, sampling, stop, system_prompt, voice_rules)",
+        "prompts/personas/support.yaml:9: colour: unknown key (expected one of: banned_phrases, "
+        "confidential, description, display_name, examples, lora, model, refusal, sampling, stop, "
+        "system_prompt, voice_rules)",
         "prompts/routing.yaml:4: slack.channels.C1.persona: no persona named 'ghost' "
         "(personas: default, engineering, support)",
     ]

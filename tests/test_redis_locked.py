@@ -8,26 +8,23 @@ the Slack emulator.
 from __future__ import annotations
 
 import hashlib
-import os
-import re
-import secrets
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from ruamel.yaml import YAML
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from brandbot import keys
 from brandbot.connections import sync_client
 from brandbot.emulators.slack import SlackEmulator
 from brandbot.settings import Settings
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
 from tests.redis_servers import LockedRedis, make_certificates, start_worker_on
 from tests.slack_fixtures import slack_running, visible
 
@@ -79,11 +76,13 @@ def test_acl_file_holds_only_password_hashes_and_nobody_gets_in_without_a_user(
     for user, password in locked_redis.passwords.items():
         assert password not in written
         assert f"user {user} on #{hashlib.sha256(password.encode()).hexdigest()} " in written
-    anonymous = redis.Redis(port=locked_redis.port)
+    # A refused login is a ConnectionError to redis-py, which retries it with backoff unless told not to.
+    no_retry = Retry(NoBackoff(), 0)
+    anonymous = redis.Redis(port=locked_redis.port, retry=no_retry)
     with pytest.raises(redis.AuthenticationError):
         anonymous.ping()
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(port=locked_redis.port, username="worker", password="guessed").ping()
+        redis.Redis(port=locked_redis.port, username="worker", password="guessed", retry=no_retry).ping()
     assert locked_redis.client("worker").ping()
 
 
@@ -94,7 +93,7 @@ def test_a_user_whose_password_is_unset_stays_off(tmp_path: Path) -> None:
     try:
         assert "user status off " in server.acl_file.read_text()
         with pytest.raises(redis.AuthenticationError):
-            redis.Redis(port=server.port, username="status", password="").ping()
+            redis.Redis(port=server.port, username="status", password="", retry=Retry(NoBackoff(), 0)).ping()
     finally:
         server.stop()
 
@@ -273,32 +272,6 @@ def test_tls_certificates_without_a_rediss_url_are_refused(tmp_path: Path) -> No
     assert "BRANDBOT_REDIS_TLS_CA_FILE set, but BRANDBOT_REDIS_URL is not rediss://" in result.stderr
 
 
-def test_compose_runs_redis_locked_and_every_service_on_its_own_user() -> None:
-    compose = YAML(typ="safe").load((REPO / "docker-compose.yml").read_text())
-    services = compose["services"]
-    redis_service = services["redis"]
-    command = " ".join(redis_service["command"])
-    assert "start-redis.sh" in command and "--appendonly yes" in command
-    assert "healthcheck" in redis_service
-    mounted = [volume.split(":")[0] for volume in redis_service["volumes"]]
-    assert "./deploy/redis" in mounted
-    shipped = (REPO / "deploy" / "redis" / "users.acl").read_text()
-    assert "user default off resetpass" in shipped
-    expected_users = {"worker": "worker", "slack": "frontend", "discord": "frontend"}
-    for name, service in services.items():
-        if name == "redis":
-            continue
-        url = service["environment"]["BRANDBOT_REDIS_URL"]
-        user = expected_users[name]
-        assert url == f"redis://{user}:${{BRANDBOT_REDIS_{user.upper()}_PASSWORD}}@redis:6379/0", name
-    for user in ("worker", "frontend", "status"):
-        # Compose refuses to start while a tier's password is missing from .env.
-        assert (
-            f"${{BRANDBOT_REDIS_{user.upper()}_PASSWORD:?"
-            in redis_service["environment"][f"BRANDBOT_REDIS_{user.upper()}_PASSWORD"]
-        )
-
-
 def test_brandbot_status_runs_as_the_read_only_status_user(locked_redis: LockedRedis, tmp_path: Path) -> None:
     server = locked_redis
     queue = "rq:queue:brandbot:model:default"
@@ -318,78 +291,3 @@ def test_brandbot_status_runs_as_the_read_only_status_user(locked_redis: LockedR
     assert result.returncode == 0, result.stderr
     assert "brandbot:model:default" in result.stdout
     assert server.acl_denials() == []
-
-
-def compose_interpolate(value: str, env: dict[str, str]) -> str:
-    """`${NAME}`, `${NAME:-default}` and `${NAME:?error}` as docker compose reads them from `.env`."""
-
-    def replace(match: re.Match[str]) -> str:
-        name, operator, argument = match.group(1), match.group(2), match.group(3)
-        if env.get(name):
-            return env[name]
-        if operator == ":?":
-            raise AssertionError(f"compose would refuse to start: {argument}")
-        return argument or ""
-
-    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", replace, value)
-
-
-def test_compose_redis_command_and_health_check_work_as_written(tmp_path: Path) -> None:
-    """The compose file's redis service run without Docker: its command, environment and health check."""
-    redis_service = YAML(typ="safe").load((REPO / "docker-compose.yml").read_text())["services"]["redis"]
-    dot_env = {
-        f"BRANDBOT_REDIS_{user.upper()}_PASSWORD": secrets.token_hex(16)
-        for user in ("worker", "frontend", "status")
-    }
-    environment = {
-        name: compose_interpolate(str(value), dot_env) for name, value in redis_service["environment"].items()
-    }
-    mount = next(volume for volume in redis_service["volumes"] if volume.startswith("./deploy/redis:"))
-    inside = mount.split(":")[1]
-    command = [part.replace(inside, str(REPO / "deploy" / "redis")) for part in redis_service["command"]]
-    port = free_port()
-    # Only what a container gives for free differs: its own port, data folder and /tmp.
-    here = ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
-    server = subprocess.Popen(
-        [*command, *here],
-        env={
-            "PATH": os.environ["PATH"],
-            "BRANDBOT_REDIS_ACL_FILE": str(tmp_path / "users.acl"),
-            **environment,
-        },
-        stdout=(tmp_path / "redis.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        health_check = redis_service["healthcheck"]["test"]
-        assert health_check[0] == "CMD-SHELL"
-        probe = health_check[1].replace("redis-cli", f"redis-cli -p {port}")
-
-        def healthy(env: dict[str, str]) -> bool:
-            return (
-                subprocess.run(["sh", "-c", probe], env=env, capture_output=True, timeout=10).returncode == 0
-            )
-
-        deadline = time.monotonic() + 15
-        while not healthy({**os.environ, **environment}):
-            assert time.monotonic() < deadline and server.poll() is None, (tmp_path / "redis.log").read_text()
-            time.sleep(0.1)
-        assert not healthy({**os.environ, "REDISCLI_AUTH": "wrong"})
-        frontend = redis.Redis(
-            port=port, username="frontend", password=dot_env["BRANDBOT_REDIS_FRONTEND_PASSWORD"]
-        )
-        assert frontend.set("brandbot:probe", "1")
-        assert (tmp_path / "appendonlydir").is_dir()  # appendonly yes
-        with pytest.raises(redis.AuthenticationError):
-            redis.Redis(port=port).ping()
-        with pytest.raises(redis.AuthenticationError):  # no admin password in .env: no admin user
-            redis.Redis(port=port, username="admin", password="").ping()
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
-def test_compose_refuses_to_start_without_the_tier_passwords() -> None:
-    redis_service = YAML(typ="safe").load((REPO / "docker-compose.yml").read_text())["services"]["redis"]
-    with pytest.raises(AssertionError, match="compose would refuse to start"):
-        compose_interpolate(redis_service["environment"]["BRANDBOT_REDIS_WORKER_PASSWORD"], {})

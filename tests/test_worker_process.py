@@ -248,10 +248,10 @@ def test_metrics_and_status_show_the_live_worker(
     assert "brandbot_time_to_first_token_seconds_bucket" in metrics
     from brandbot.status import collect_status
 
-    workers, queues = collect_status(redis_client)
-    [record] = workers
-    assert record["model"] == "default" and record["engine"] == "transformers" and record["slots"] == "4"
-    assert [q["queue"] for q in queues] == [keys.model_queue("default")]
+    status = collect_status(redis_client)
+    [record] = status["workers"]
+    assert record["model"] == "default" and record["engine"] == "transformers" and record["slots"] == 4
+    assert [q["queue"] for q in status["queues"]] == [keys.model_queue("default")]
 
 
 def scrape(port: int) -> str:

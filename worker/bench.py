@@ -38,6 +38,7 @@ from brandbot.contract import (
     parse_reply_event,
 )
 from brandbot.errors import EngineDied
+from brandbot.progress import Step, no_progress
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.queue import RequestQueue
 from brandbot.settings import EngineName, Settings
@@ -155,15 +156,21 @@ def bench_engine(
     concurrencies: list[int],
     max_new_tokens: int,
     echo: Callable[[str], None],
+    step: Step = no_progress,
     *,
     model_dir: Path | None = None,
     bandwidth_gbs: float | None = None,
 ) -> list[EngineRun]:
+    """Run every concurrency in turn; `step` is told as the warm-up and each run start."""
     prompt = template.render(
         [{"role": "user", "content": "Write a short note about our deployment process."}]
     )
+    step("warm-up")
     run_engine_batch(engine, prompt, 1, 8)  # warm-up: first-call allocations stay out of the figures
-    runs = [run_engine_batch(engine, prompt, c, max_new_tokens) for c in concurrencies]
+    runs = []
+    for concurrency in concurrencies:
+        step(f"{concurrency} at once")
+        runs.append(run_engine_batch(engine, prompt, concurrency, max_new_tokens))
     base = runs[0]
     echo(f"engine={engine.name} mode={engine.mode!r} max_new_tokens={max_new_tokens}")
     echo(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+
+import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -9,12 +12,14 @@ from brandbot import keys
 from brandbot.connections import worker_connection
 from brandbot.errors import EngineLoadError
 from brandbot.feedback import FeedbackRecorder
+from brandbot.health import Readiness, probe_client, serve_ops
 from brandbot.logs import get_logger
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.settings import Settings
 from brandbot.templating import ChatTemplate
 from worker.adapter_match import AdapterMatcher
 from worker.engines import GpuOptions, load_engine, select_engine
+from worker.engines.selection import EngineChoice
 from worker.environment import seal_process_environment
 from worker.faults import WorkerFaults
 from worker.job import current_service
@@ -52,6 +57,30 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
     )
     prompts = LivePromptLibrary(settings.prompts_dir)
     choice = select_engine(settings.engine, settings.model_dir)
+    # Served from before the model loads: alive at once, ready once the model is loaded.
+    metrics = WorkerMetrics(model=settings.model_name, engine=choice.engine.value)
+    loaded = threading.Event()
+    readiness = Readiness(redis_client=probe_client(settings))
+    readiness.add("model loaded", loaded.is_set)
+    ops = serve_ops(settings, registry=metrics.registry, readiness=readiness)
+    try:
+        _serve(settings, faults, choice, connection, replies_connection, prompts, metrics, loaded, readiness)
+    finally:
+        if ops is not None:
+            ops.close()
+
+
+def _serve(
+    settings: Settings,
+    faults: WorkerFaults,
+    choice: EngineChoice,
+    connection: redis.Redis,
+    replies_connection: redis.Redis,
+    prompts: LivePromptLibrary,
+    metrics: WorkerMetrics,
+    loaded: threading.Event,
+    readiness: Readiness,
+) -> None:
     adapters = AdapterMatcher(served=served_fingerprint(settings.model_dir, settings.lora_dir))
     engine = load_engine(
         choice.engine,
@@ -65,10 +94,7 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
     except Exception as error:
         engine.close()
         raise EngineLoadError(str(error)) from None
-    metrics = WorkerMetrics(model=settings.model_name, engine=engine.name)
     metrics.engine_requests.set_function(engine.in_flight)
-    if settings.metrics_port:
-        metrics.serve(settings.metrics_port, host=settings.metrics_host)
     service = ReplyService(
         engine=engine,
         template=template,
@@ -99,6 +125,7 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
             "mode": engine.mode,
             "concurrency": str(settings.worker_concurrency),
             "engine_concurrency": str(engine.max_concurrency),
+            "tokens_per_second": f"{metrics.token_rate.per_second():.1f}",
         },
         fatal_error=lambda: engine.failure,
         on_drain_timeout=service.abort_all,
@@ -123,6 +150,8 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
     )
     prompts.start_watching()
     faults.arm(engine)
+    readiness.add("job slots running", lambda: worker.live_slots() > 0)
+    loaded.set()
     try:
         worker.run()
     finally:

@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import threading
+import time
+from collections import deque
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from worker.engines.base import GenerationResult
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 RATE_BUCKETS = (1, 5, 10, 20, 40, 80, 160, 320)
+
+TOKEN_RATE_WINDOW_SECONDS = 60.0
+"""`brandbot status` shows each worker's completion tokens per second over this window."""
+
+
+class TokenRate:
+    """Completion tokens per second of the answers finished within the last `window` seconds."""
+
+    def __init__(self, window: float = TOKEN_RATE_WINDOW_SECONDS) -> None:
+        self._window = window
+        self._started = time.monotonic()
+        self._finished: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, tokens: int) -> None:
+        with self._lock:
+            self._finished.append((time.monotonic(), tokens))
+
+    def per_second(self) -> float:
+        now = time.monotonic()
+        with self._lock:
+            while self._finished and self._finished[0][0] < now - self._window:
+                self._finished.popleft()
+            tokens = sum(count for _, count in self._finished)
+        # A worker up for less than the window is not diluted by time it did not exist.
+        return tokens / max(min(self._window, now - self._started), 1.0)
 
 
 class WorkerMetrics:
@@ -56,9 +86,7 @@ class WorkerMetrics:
             registry=self.registry,
         )
         self._model = model
-
-    def serve(self, port: int, *, host: str) -> None:
-        start_http_server(port, addr=host, registry=self.registry)
+        self.token_rate = TokenRate()
 
     def job_started(self) -> None:
         self.in_flight.inc()
@@ -71,6 +99,7 @@ class WorkerMetrics:
 
     def finished(self, result: GenerationResult) -> None:
         self.tokens.inc(result.completion_tokens)
+        self.token_rate.add(result.completion_tokens)
         if result.time_to_first_token_ms is not None:
             self.ttft.observe(result.time_to_first_token_ms / 1000)
         if result.completion_tokens and result.total_ms > 0:

@@ -136,6 +136,8 @@ class ReplyService:
             repetition_penalty=persona.sampling.repetition_penalty,
             max_new_tokens=built.max_new_tokens,
             stop_strings=tuple(persona.stop),
+            banned_phrases=tuple(persona.banned_phrases),
+            seed=request.seed,
         )
         deadline = request.limits.deadline_seconds or self.deadline_seconds
         stream = self.engine.submit(built.text, sampling, deadline_seconds=deadline)

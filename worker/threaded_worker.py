@@ -39,6 +39,7 @@ from rq.timeouts import TimerDeathPenalty
 from brandbot import keys
 from brandbot.errors import WorkerFailed
 from brandbot.logs import get_logger
+from brandbot.queue import oldest_wait_seconds
 from worker.admission import AdmittedJob, fail_refused
 
 log = get_logger(__name__)
@@ -285,6 +286,8 @@ class ThreadedWorker:
                 "in_flight": str(self.busy_slots()),
                 "slots": str(len(self.slots)),
                 "live_slots": str(self.live_slots()),
+                # For `brandbot status` run as the `status` user, which may not read job hashes.
+                "oldest_wait_seconds": str(oldest_wait_seconds(self.connection, self.queue.name) or 0.0),
                 **self._heartbeat_record(),
             }
             key = keys.worker_heartbeat(self.name)

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+from brandbot.progress import Step, no_progress
+
 BOS, EOS, PAD = "<|begin_of_text|>", "<|im_end|>", "<|pad|>"
 TURN_START = "<|im_start|>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, TURN_START]
@@ -53,11 +55,25 @@ SHAPES: dict[Size, dict[str, int]] = {
 }
 
 
-def build_tiny_model(folder: Path, *, size: Size = "cpu", context_length: int = 2048, seed: int = 0) -> Path:
-    """Write a complete model folder (config, safetensors weights, tokenizer, chat template) and return it."""
+def build_tiny_model(
+    folder: Path,
+    *,
+    size: Size = "cpu",
+    context_length: int = 2048,
+    seed: int = 0,
+    step: Step = no_progress,
+) -> Path:
+    """Write a complete model folder (config, safetensors weights, tokenizer, chat template) and return it.
+
+    `step` is told as each of its 3 steps starts (`brandbot.progress`).
+    """
+    step("training the tokenizer")
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # ours (`step`) says the same once
 
     shape = SHAPES[size]
     folder.mkdir(parents=True, exist_ok=True)
@@ -78,6 +94,7 @@ def build_tiny_model(folder: Path, *, size: Size = "cpu", context_length: int = 
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(folder)
 
+    step("building random weights")
     torch.manual_seed(seed)
     config_values: dict[str, Any] = {
         **shape,
@@ -90,6 +107,7 @@ def build_tiny_model(folder: Path, *, size: Size = "cpu", context_length: int = 
     }
     model: Any = LlamaForCausalLM(LlamaConfig(**config_values))
     model = model.to(torch.float16)
+    step("saving the folder")
     model.save_pretrained(folder, safe_serialization=True)
     (folder / "chat_template.jinja").write_text(CHAT_TEMPLATE, encoding="utf-8")
     (folder / "brandbot-tiny.json").write_text(json.dumps({"size": size, "seed": seed}), encoding="utf-8")

@@ -9,6 +9,7 @@ async with bot:
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Callable
@@ -29,8 +30,9 @@ from bots.discord.rating import AnswerRatings, RatingButton
 from bots.discord.sinks import NO_PINGS
 from bots.lifecycle import serve_until_signalled
 from brandbot import messages
-from brandbot.errors import SettingsError
+from brandbot.errors import PlatformUnreachable, SettingsError
 from brandbot.feedback import FeedbackStore
+from brandbot.health import Readiness, probe_client, serve_ops
 from brandbot.logs import get_logger
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.queue import RequestQueue
@@ -241,17 +243,27 @@ async def run_discord(settings: Settings) -> None:
         access=lambda: prompts.current().routing.discord.access,
     )
     log.info("discord front-end starting", api=str(settings.discord_api_url))
+    readiness = Readiness(redis_client=probe_client(settings))
+    readiness.add("discord connected", lambda: bot.is_ready() and not bot.is_closed())
+    ops = serve_ops(settings, registry=bot.conversations.metrics.registry, readiness=readiness)
     try:
         async with bot:  # closing it stops the relays; their answers resume in the next process
             await serve_until_signalled(bot.start(settings.discord_token.get_secret_value()))
     except discord.LoginFailure:
         raise SettingsError("BRANDBOT_DISCORD_TOKEN was rejected by Discord") from None
+    except OSError as error:  # aiohttp's connection errors among them; the gateway reconnects by itself later
+        raise PlatformUnreachable(
+            f"cannot reach Discord at {settings.discord_api_url} ({type(error).__name__}); "
+            "check BRANDBOT_DISCORD_API_URL and the network, then start again"
+        ) from None
     except discord.PrivilegedIntentsRequired:
         raise SettingsError(
             "Discord refused the MESSAGE CONTENT intent: enable it for this bot in the developer portal "
             "(README, section Discord)"
         ) from None
     finally:
+        if ops is not None:
+            await asyncio.to_thread(ops.close)  # waits for its serving loop to notice
         prompts.stop_watching()
         await queue.close()
         log.info("discord front-end stopped")

@@ -32,6 +32,7 @@ from bots.slack.controls import Controls
 from bots.slack.events import from_mention, from_message, slack_id
 from bots.slack.http_mode import serve_http
 from brandbot.feedback import FeedbackStore
+from brandbot.health import Readiness, probe_client, serve_ops
 from brandbot.logs import get_logger
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.queue import RequestQueue
@@ -49,6 +50,7 @@ class SlackApp(AsyncApp):
     conversations: Conversations
     adapter: SlackAdapter
     web_session: aiohttp.ClientSession | None = None
+    connected: Callable[[], bool] = staticmethod(lambda: False)  # set by the transport once it serves
 
     async def start_background(self) -> None:
         """Share one connection pool among Web API calls; renew leases and resume unfinished answers."""
@@ -185,10 +187,15 @@ async def run_slack(settings: Settings) -> None:
         settings=settings, queue=queue, prompts=prompts, access=lambda: prompts.current().routing.slack.access
     )
     log.info("slack front-end starting", mode=str(settings.slack_mode), api=str(settings.slack_api_url))
+    readiness = Readiness(redis_client=probe_client(settings))
+    readiness.add("slack connected", lambda: app.connected())
+    ops = serve_ops(settings, registry=app.conversations.metrics.registry, readiness=readiness)
     await app.start_background()
     try:
         await serve_until_signalled(_serve(app, settings))
     finally:
+        if ops is not None:
+            await asyncio.to_thread(ops.close)  # waits for its serving loop to notice
         await app.shutdown()
         prompts.stop_watching()
         await queue.close()
@@ -201,6 +208,7 @@ async def _serve(app: SlackApp, settings: Settings) -> None:
         runner = await serve_http(
             app, host=settings.slack_http_host, port=settings.slack_http_port, path=settings.slack_http_path
         )
+        app.connected = lambda: True  # listening: Slack's requests can reach it
         try:
             await asyncio.Event().wait()
         finally:
@@ -208,6 +216,13 @@ async def _serve(app: SlackApp, settings: Settings) -> None:
         return
     assert settings.slack_app_token is not None
     handler = AsyncSocketModeHandler(app, settings.slack_app_token.get_secret_value())
+    client = handler.client
+
+    def connected() -> bool:
+        session = client.current_session
+        return not client.closed and session is not None and not session.closed
+
+    app.connected = connected
     try:
         await handler.start_async()
     finally:

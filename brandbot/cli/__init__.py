@@ -13,7 +13,9 @@ import typer
 
 from brandbot.cli.chat import chat
 from brandbot.cli.feedback import feedback_app
+from brandbot.cli.operator import failed_app, probe, status
 from brandbot.cli.prompts import prompts_app
+from brandbot.cli.settings import settings_app
 from brandbot.cli.tune import tune
 from brandbot.cli.up import up
 from brandbot.errors import BrandbotError, SettingsError
@@ -39,9 +41,13 @@ bench_app = typer.Typer(
 app.add_typer(bench_app, name="bench")
 app.add_typer(prompts_app, name="prompts")
 app.add_typer(feedback_app, name="feedback")
+app.add_typer(settings_app, name="settings")
 app.command()(chat)
 app.command()(up)
 app.command()(tune)
+app.command()(status)
+app.command()(probe)
+app.add_typer(failed_app, name="failed")
 
 
 def fail(message: str, *, code: int = 1) -> None:
@@ -136,15 +142,6 @@ def discord() -> None:
     run_async(start)
 
 
-@app.command()
-def status() -> None:
-    """Workers alive (model, engine, mode, load) and each queue's waiting and failed jobs."""
-    settings = settings_or_exit()
-    from brandbot.status import print_status
-
-    run_tier(lambda: print_status(settings))
-
-
 @model_app.command("tiny")
 def model_tiny(
     folder: Annotated[Path, typer.Argument(help="Where to write the model folder.")],
@@ -159,7 +156,10 @@ def model_tiny(
         from worker.tiny_model import build_tiny_model
     except ImportError:
         fail("building a model needs the CPU extra: pip install -e '.[cpu]'")
-    build_tiny_model(folder, size=size)  # type: ignore[arg-type]
+    from brandbot.progress import progress_steps
+
+    with progress_steps("Building the tiny model", total=3) as step:
+        build_tiny_model(folder, size=size, step=step)  # type: ignore[arg-type]
     typer.echo(f"tiny model written to {folder}")
 
 
@@ -222,19 +222,24 @@ def bench_engine(
         fail("--concurrency values must be at least 1", code=2)
 
     def start() -> None:
+        from brandbot.progress import progress_steps
         from worker.bench import bench_engine, load_for_bench
 
-        engine, template, concurrencies = load_for_bench(settings, chosen)
+        with progress_steps("Loading the model", total=1) as step:
+            step(str(settings.model_dir))
+            engine, template, concurrencies = load_for_bench(settings, chosen)
         try:
-            bench_engine(
-                engine,
-                template,
-                concurrencies,
-                max_new_tokens,
-                typer.echo,
-                model_dir=settings.model_dir,
-                bandwidth_gbs=bandwidth_gbs,
-            )
+            with progress_steps("Engine benchmark", total=len(concurrencies) + 1) as step:
+                bench_engine(
+                    engine,
+                    template,
+                    concurrencies,
+                    max_new_tokens,
+                    typer.echo,
+                    step,
+                    model_dir=settings.model_dir,
+                    bandwidth_gbs=bandwidth_gbs,
+                )
         finally:
             engine.close()
 

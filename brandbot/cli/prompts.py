@@ -10,8 +10,10 @@ from typing import Annotated
 
 import typer
 
+from brandbot.cli.evals import evaluate, print_problems
 from brandbot.contract import GenerationRequest, Platform, ReplyTarget, Role, Turn, UserRef
 from brandbot.errors import PromptFileError, TemplateError
+from brandbot.promptfiles.evals import EVALS_FOLDER, load_evals
 from brandbot.promptfiles.library import PromptLibrary, load_prompt_library
 from brandbot.promptfiles.models import Persona
 from brandbot.promptfiles.schema import write_schemas
@@ -32,11 +34,21 @@ FolderOption = Annotated[
 def check(folder: FolderOption = None) -> None:
     """Validate every prompt file; print all problems as file:line: field: message (exit 1 if any)."""
     library = _load_or_exit(_prompts_dir(folder))
+    evals = 0
+    if (library.folder / EVALS_FOLDER).is_dir():
+        try:
+            evals = len(load_evals(library))
+        except PromptFileError as error:
+            print_problems(error, library.folder)
+            raise typer.Exit(1) from None
     names = ", ".join(library.personas)
     typer.echo(
         f"{library.folder}: OK — {len(library.personas)} persona(s) ({names}); "
-        f"default persona: {library.routing.default_persona}"
+        f"default persona: {library.routing.default_persona}; {evals} eval file(s)"
     )
+
+
+prompts_app.command("eval")(evaluate)
 
 
 @prompts_app.command("schema")
@@ -201,8 +213,5 @@ def _load_or_exit(folder: Path) -> PromptLibrary:
     try:
         return load_prompt_library(folder)
     except PromptFileError as error:
-        for problem in error.problems:
-            typer.echo(problem)
-        count = len(error.problems)
-        typer.echo(f"{count} problem{'s' if count != 1 else ''} in {folder}", err=True)
+        print_problems(error, folder)
         raise typer.Exit(1) from None

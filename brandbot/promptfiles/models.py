@@ -78,6 +78,13 @@ class PersonaFile(_Strict):
     stop: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list, description="Generation stops at any of these strings (not shown to the user)."
     )
+    banned_phrases: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description=(
+            "Never generated: the model is steered away while it writes (case-insensitive), not filtered"
+            " afterwards. Also checked by every eval case of this persona."
+        ),
+    )
     refusal: str = Field(
         "", description="What to say about off-limits topics; added to the system message (a template)."
     )

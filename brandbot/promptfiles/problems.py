@@ -46,6 +46,10 @@ def _message(detail: ErrorDetails, model: type[BaseModel]) -> str:
         return "must not be empty"
     if kind == "string_too_long":
         return f"is too long (at most {ctx.get('max_length')} characters)"
+    if kind == "value_error":
+        return str(ctx.get("error", detail["msg"]))
+    if kind == "enum":
+        return f"{_shown(detail['input'])} is not one of: {ctx.get('expected')}"
     if kind == "too_short":
         return f"needs at least {ctx.get('min_length')} item(s)"
     messages = {
@@ -85,7 +89,7 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[st
             continue  # a list index or a dict key: the model stays the item's model
         current = _inner_model(field.annotation)
     if isinstance(current, type) and issubclass(current, BaseModel):
-        return sorted(name for name in current.model_fields if name != "name")
+        return sorted(current.model_fields)
     return []
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from brandbot.promptfiles.evals import EvalFile
 from brandbot.promptfiles.models import PersonaFile, Routing
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -15,6 +16,7 @@ SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_FILES: dict[str, type[BaseModel]] = {
     "persona.schema.json": PersonaFile,
     "routing.schema.json": Routing,
+    "eval.schema.json": EvalFile,
 }
 """File name → the model it describes; YAML files point at them with a `yaml-language-server` comment."""
 

@@ -406,6 +406,8 @@ class ExLlamaV2Engine(Engine):
                     gen_settings=self._settings_class(**sampler_settings(request.sampling)),
                     seed=request.sampling.seed,
                     stop_conditions=[*self._stop_ids, *(s for s in request.sampling.stop_strings if s)],
+                    # Case-insensitive, across tokens, held back until resolved: the library's own rollback.
+                    banned_strings=list(request.sampling.banned_phrases) or None,
                     identifier=key,
                 )
                 self._generator.enqueue(request.job)

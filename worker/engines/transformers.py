@@ -16,6 +16,7 @@ from typing import Any
 
 from brandbot.contract import FinishReason
 from brandbot.errors import EngineDied, EngineLoadError
+from worker.engines.banned import BannedPhraseGuard
 from worker.engines.base import Engine, GenerationResult, GenerationStream, SamplingSettings, StopStringFilter
 
 IDLE_WAIT_SECONDS = 0.05
@@ -27,11 +28,19 @@ class _Sequence:
     sampling: SamplingSettings
     prompt_ids: list[int]
     stop_filter: StopStringFilter
+    banned: BannedPhraseGuard
     generator: Any
     generated: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=lambda: [0])  # text length after each count of tokens
+    text: str = ""  # everything decoded so far (more than shown while a banned phrase may be forming)
     layers: list[tuple[Any, Any]] | None = None  # this sequence's KV cache, one (keys, values) per layer
     cached: int = 0  # tokens in `layers`
     first_token_at: float | None = None
+
+    @property
+    def next_input(self) -> int:
+        """The token the next decoding step feeds (the cache holds everything before it)."""
+        return self.generated[-1] if self.generated else self.prompt_ids[-1]
 
 
 class TransformersEngine(Engine):
@@ -85,6 +94,7 @@ class TransformersEngine(Engine):
             sampling=sampling,
             prompt_ids=self._tokenizer.encode(prompt, add_special_tokens=False),
             stop_filter=StopStringFilter(sampling.stop_strings),
+            banned=BannedPhraseGuard(sampling.banned_phrases),
             generator=generator,
         )
         with self._submit_lock:
@@ -192,7 +202,7 @@ class TransformersEngine(Engine):
             mask[row, longest - seq.cached :] = 1
         with torch.inference_mode():
             output = self._model(
-                input_ids=torch.tensor([[seq.generated[-1]] for seq in group]),
+                input_ids=torch.tensor([[seq.next_input] for seq in group]),
                 attention_mask=mask,
                 position_ids=torch.tensor([[seq.cached] for seq in group]),
                 cache=self._cache_class(ddp_cache_data=layers),
@@ -209,15 +219,28 @@ class TransformersEngine(Engine):
 
     def _accept(self, seq: _Sequence, logits: Any) -> bool:
         """Sample the sequence's next token and stream it; True when the sequence has finished."""
+        forbidden = seq.banned.forbidden(len(seq.generated))
         with self._torch.inference_mode():
-            token = _sample(self._torch, logits.float(), seq.sampling, seq.generated, seq.generator)
+            token = _sample(
+                self._torch, logits.float(), seq.sampling, seq.generated, seq.generator, forbidden
+            )
         if seq.first_token_at is None:
             seq.first_token_at = time.monotonic()
-        if token in self._stop_ids:
+        if token is None or token in self._stop_ids:  # None: every token was ruled out here
             return self._finish(seq, FinishReason.STOP)
         seq.generated.append(token)
-        text = str(self._tokenizer.decode(seq.generated, skip_special_tokens=True))
-        seq.stream.put_delta(seq.stop_filter.feed(text))
+        seq.text = str(self._tokenizer.decode(seq.generated, skip_special_tokens=True))
+        seq.offsets.append(len(seq.text))
+        shown = seq.text
+        if seq.banned:
+            answer = _before_stop(seq.text, seq.sampling.stop_strings)  # what follows a stop is never shown
+            keep = seq.banned.roll_back_to(answer, seq.offsets, seq.generated)
+            if keep is not None:
+                self._roll_back(seq, keep)
+                return False
+            if len(answer) == len(seq.text):  # no stop string yet: hold back what may begin a phrase
+                shown = seq.text[: seq.banned.shown_end(seq.text, seq.offsets)]
+        seq.stream.put_delta(seq.stop_filter.feed(shown))
         if seq.stop_filter.stopped:
             return self._finish(seq, FinishReason.STOP)
         if len(seq.generated) >= seq.sampling.max_new_tokens:
@@ -226,8 +249,19 @@ class TransformersEngine(Engine):
             return self._finish(seq, FinishReason.LENGTH)
         return False
 
+    def _roll_back(self, seq: _Sequence, keep: int) -> None:
+        """Forget every token from `keep` on (text, cache): the next step samples position `keep` again."""
+        del seq.generated[keep:]
+        del seq.offsets[keep + 1 :]
+        seq.text = str(self._tokenizer.decode(seq.generated, skip_special_tokens=True))
+        seq.cached = len(seq.prompt_ids) + keep - 1
+        assert seq.layers is not None
+        seq.layers = [(key[:, :, : seq.cached], value[:, :, : seq.cached]) for key, value in seq.layers]
+
     def _finish(self, seq: _Sequence, reason: FinishReason) -> bool:
         if reason is not FinishReason.STOP or not seq.stop_filter.stopped:
+            if not seq.stop_filter.stopped:  # text held back in case it began a banned phrase: it did not
+                seq.stream.put_delta(seq.stop_filter.feed(seq.text))
             seq.stream.put_delta(seq.stop_filter.flush())
         now = time.monotonic()
         started = seq.stream.submitted_at
@@ -255,13 +289,31 @@ def _eos_ids(*candidates: int | list[int] | None) -> frozenset[int]:
     return frozenset(ids)
 
 
-def _sample(torch: Any, logits: Any, sampling: SamplingSettings, previous: list[int], generator: Any) -> int:
+def _before_stop(text: str, stop_strings: tuple[str, ...]) -> str:
+    """The text an answer shows: up to its first stop string (what follows one is never shown)."""
+    ends = [index for stop in stop_strings if stop and (index := text.find(stop)) != -1]
+    return text[: min(ends)] if ends else text
+
+
+def _sample(
+    torch: Any,
+    logits: Any,
+    sampling: SamplingSettings,
+    previous: list[int],
+    generator: Any,
+    forbidden: frozenset[int] = frozenset(),
+) -> int | None:
+    """The next token, or None when every token is forbidden."""
     if sampling.repetition_penalty != 1.0 and previous:
         seen = torch.tensor(sorted(set(previous)))
         values = logits[seen]
         logits[seen] = torch.where(
             values > 0, values / sampling.repetition_penalty, values * sampling.repetition_penalty
         )
+    if forbidden:
+        logits[torch.tensor(sorted(forbidden))] = float("-inf")
+        if not bool(torch.isfinite(logits).any()):
+            return None
     if sampling.temperature == 0:
         return int(torch.argmax(logits))
     logits = logits / sampling.temperature

@@ -1,0 +1,1 @@
+"""`brandbot prompts eval`: voice regression tests run through the real queue and workers."""
