@@ -155,11 +155,19 @@ def _tune(
             + ("no examples held out" if not held else "the answers share no closing words to check")
         )
     check = check and bool(cases)
+    suites: list[Any] = []
     if check:
-        console.print(f"held-out check: each answer ends with {ending!r}")
+        from brandbot.promptfiles.evals import eval_path, load_evals
+
+        if eval_path(library.folder, persona.name).is_file():
+            suites = load_evals(library, [persona.name])  # a typo in it: its file:line, before any work
+        console.print(
+            f"held-out check: each answer ends with {ending!r}"
+            + (f"; and {eval_path(library.folder, persona.name)}" if suites else "")
+        )
         _require_redis(settings)
-        before = _run_check(settings, model_dir, None, persona, cases, label="before")
-        console.print(f"before: {before.passed}/{len(cases)} held-out answers pass")
+        before = _run_check(settings, model_dir, None, persona, cases, "before", suites, library)
+        console.print(f"before: {before[0].passed}/{len(cases)} held-out answers pass")
 
     system = _system_message(persona, settings)
     options = TuneOptions(**options_values)
@@ -183,8 +191,12 @@ def _tune(
         console.print(f"merged model written to {merge}")
         served_dir, served_lora = merge, None
     if check:
-        after = _run_check(settings, served_dir, served_lora, persona, cases, label="after")
-        _print_comparison(console, before, after, tune_seconds=result.seconds)
+        after = _run_check(settings, served_dir, served_lora, persona, cases, "after", suites, library)
+        if suites:
+            from brandbot.evals.report import print_compare
+
+            print_compare(console, before[1], after[1], labels=(f"base {model_dir}", "fine-tune"))
+        _print_comparison(console, before[0], after[0], tune_seconds=result.seconds)
 
 
 def _require_redis(settings: Settings) -> None:
@@ -217,7 +229,14 @@ def _system_message(persona: Persona, settings: Settings) -> str:
 
 
 def _run_check(
-    settings: Settings, model_dir: Path, lora: Path | None, persona: Persona, cases: Any, label: str
+    settings: Settings,
+    model_dir: Path,
+    lora: Path | None,
+    persona: Persona,
+    cases: Any,
+    label: str,
+    suites: list[Any],
+    library: Any,
 ) -> Any:
     from worker.tuning.heldout import run_side
 
@@ -230,6 +249,8 @@ def _run_check(
             cases=cases,
             label=label,
             max_new_tokens=CHECK_MAX_NEW_TOKENS,
+            suites=suites,
+            personas=dict(library.personas),
         )
     )
 

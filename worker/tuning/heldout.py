@@ -3,8 +3,9 @@
 What is measured is what ships: each side is the same `brandbot worker` process users get, started on a
 private queue (`tune-<label>-<random>`) with the base model folder, plus `BRANDBOT_LORA_DIR` for the
 adapter (or the merged folder). Questions go through the real queue; the dataset's own check is applied
-to every answer — today the closing words all its answers share (a sign-off). The step takes a model
-folder, an optional adapter and the cases, so any other check list can be run the same way.
+to every answer — the closing words all its answers share (a sign-off) — and the persona's eval file
+(`prompts/evals/<persona>.yaml`), if it has one, is run by `brandbot prompts eval`'s own runner against
+the same worker. The step takes a model folder, an optional adapter and the cases.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ from brandbot.contract import (
     UserRef,
 )
 from brandbot.errors import BrandbotError
+from brandbot.evals.runner import CaseOutcome, Side
+from brandbot.evals.runner import run_side as run_evals
+from brandbot.promptfiles.evals import EvalSuite
+from brandbot.promptfiles.models import Persona
 from brandbot.queue import RequestQueue
 from brandbot.settings import Settings
 from brandbot.streams import ReplyLost
@@ -171,6 +176,7 @@ async def ask_cases(
     *,
     label: str,
     max_new_tokens: int | None = None,
+    seed: int = 0,
     wait_seconds: float = ANSWER_WAIT_SECONDS,
 ) -> SideResult:
     """Every case asked of `model`'s queue as `persona`, a few at a time, judged in order."""
@@ -184,6 +190,7 @@ async def ask_cases(
                 persona=persona,
                 turns=[Turn(role=Role.USER, content=case.question)],
                 limits=Limits(max_new_tokens=max_new_tokens),
+                seed=seed,  # the same answer every time for the same model: before and after compare
             )
             answer, error = await _ask(queue, request, model, wait_seconds)
             return Outcome(case.question, answer, answer is not None and case.passes(answer), error)
@@ -222,13 +229,30 @@ async def run_side(
     cases: Sequence[HeldOutCase],
     label: str,
     max_new_tokens: int | None = None,
-) -> SideResult:
-    """One model folder (and adapter) against the cases, through a worker of the check's own."""
+    seed: int = 0,
+    suites: Sequence[EvalSuite] = (),
+    personas: dict[str, Persona] | None = None,
+) -> tuple[SideResult, list[CaseOutcome]]:
+    """One model folder (and adapter) against the held-out cases and the persona's eval file (`suites`,
+    run by `brandbot prompts eval`'s runner), through one worker of the check's own."""
     queue = RequestQueue.from_settings(settings)
     try:
         async with check_worker(
             queue, worker_environment(settings), model_dir=model_dir, lora_dir=lora_dir, label=label
         ) as model:
-            return await ask_cases(queue, model, persona, cases, label=label, max_new_tokens=max_new_tokens)
+            held = await ask_cases(
+                queue, model, persona, cases, label=label, max_new_tokens=max_new_tokens, seed=seed
+            )
+            evals: list[CaseOutcome] = []
+            if suites:
+                evals = await run_evals(
+                    queue,
+                    suites,
+                    Side(label, model, dict(personas or {})),
+                    company=settings.company_name,
+                    concurrency=ASKED_AT_ONCE,
+                    wait_seconds=ANSWER_WAIT_SECONDS,
+                )
+            return held, evals
     finally:
         await queue.close()
