@@ -144,3 +144,36 @@ def test_personas_sharing_a_model_may_not_name_different_adapters(
     (problem,) = raised.value.problems
     assert problem.startswith(f"{prompts_dir / 'personas' / 'second.yaml'}:7:")
     assert "model name of its own" in problem
+
+
+def test_worker_on_a_merged_folder_serves_the_persona_of_the_adapter_merged_in(
+    start_worker: Callable[..., WorkerProcess],
+    redis_client: redis.Redis,
+    settings: Callable[..., Settings],
+    prompts_dir: Path,
+    tiny_model: Path,
+    tiny_adapter: Path,
+    tmp_path: Path,
+) -> None:
+    from worker.tuning.adapters import merge_adapter
+
+    merged = merge_adapter(tiny_model, tiny_adapter, tmp_path / "merged")
+    allow_models(prompts_dir, "default", "tuned", "merged")
+    write_persona(prompts_dir, "tuned", model="tuned", lora=tiny_adapter)
+    write_persona(prompts_dir, "also-tuned", model="merged", lora=tiny_adapter)
+    start_worker(model_name="tuned", lora_dir=tiny_adapter)
+    start_worker(model_name="merged", model_dir=merged)
+
+    with_adapter, from_merged = (
+        a_request(QUESTION, persona="tuned"),
+        a_request(QUESTION, persona="also-tuned"),
+    )
+    ask(settings(), with_adapter, "tuned")
+    ask(settings(), from_merged, "merged")
+    first, second = (
+        final_event(redis_client, with_adapter.request_id),
+        final_event(redis_client, from_merged.request_id),
+    )
+
+    assert isinstance(first, DoneEvent) and isinstance(second, DoneEvent)
+    assert second.text == first.text  # the same fine-tune, merged: same greedy answer

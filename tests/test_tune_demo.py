@@ -63,6 +63,7 @@ def held_out_questions() -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # a limit for a hung run (tuning and three workers on CPU), not a speed requirement
 def test_tune_teaches_the_sign_off_and_the_persona_with_the_adapter_answers_with_it(
     demo_model: Path,
     prompts_dir: Path,

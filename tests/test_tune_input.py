@@ -141,6 +141,7 @@ def tune_process(*args: str, prompts_dir: Path, pause_at_step: str = "") -> subp
 
 
 @pytest.mark.slow  # three `brandbot tune` processes, each importing torch and TRL
+@pytest.mark.timeout(300)
 def test_interrupted_tune_says_how_to_resume_and_resumes_to_a_complete_adapter(
     tmp_path: Path, prompts_dir: Path, tiny_model: Path
 ) -> None:
