@@ -42,6 +42,7 @@ from brandbot.promptfiles.library import Resolution
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.queue import Enqueued, RequestQueue
 from brandbot.settings import Settings
+from brandbot.usage import CHAT, AsyncUsageRecorder, UsageGroup, outcome_counts
 
 log = get_logger(__name__)
 
@@ -103,6 +104,8 @@ class Accepted:
     editor: AnswerEditor
     sink: AnswerSink
     ahead: int = 0
+    usage: UsageGroup | None = None  # None for an answer resumed from another process: not counted
+    asked_at: float | None = None  # `Question.received_at`
 
 
 class Conversations:
@@ -131,6 +134,7 @@ class Conversations:
         self.book = RelayBook(
             queue.redis, platform=self.platform, retention_seconds=settings.retention_seconds
         )
+        self.usage = AsyncUsageRecorder(queue.redis, retention_days=settings.usage_retention_days)
         self._intake_slots = asyncio.Semaphore(INTAKE_AT_ONCE)
         self._intakes: set[asyncio.Task[asyncio.Task[None] | None]] = set()
         self._relays: set[asyncio.Task[None]] = set()
@@ -336,7 +340,28 @@ class Conversations:
             with contextlib.suppress(*REDIS_ERRORS):
                 joined = keys.joined_conversation(self.platform, question.conversation_id)
                 await self.queue.redis.set(joined, b"1", ex=self.settings.retention_seconds)
-        return Accepted(request_id, model, editor, sink, enqueued.ahead)
+        usage = UsageGroup(
+            platform=self.platform,
+            channel=question.parent_channel_id or question.channel_id,  # the request's target channel
+            persona=resolution.persona.name,
+            model=model,
+        )
+        await self._count(request_id, usage, {"questions": 1})
+        return Accepted(request_id, model, editor, sink, enqueued.ahead, usage, question.received_at)
+
+    async def _count(self, request_id: str, usage: UsageGroup | None, counts: dict[str, int]) -> None:
+        """Add to the usage counters (`brandbot usage`); a lost count is not worth failing an answer."""
+        if usage is None:
+            return
+        try:
+            await self.usage.record(CHAT, usage, counts)
+        except REDIS_ERRORS:
+            log.warning("usage not counted", request_id=request_id)
+
+    async def _count_outcome(self, answer: Accepted, status: str) -> None:
+        shown_after = None if answer.asked_at is None else (time.perf_counter() - answer.asked_at) * 1000
+        counts = outcome_counts(answered=status == "done", final_ms=shown_after)
+        await self._count(answer.request_id, answer.usage, counts)
 
     def _saver(
         self, request_id: str, model: str, sink: AnswerSink
@@ -400,6 +425,7 @@ class Conversations:
             )
             if outcome.status == "lost_lease":
                 return  # the process that holds the lease now finishes it
+            await self._count_outcome(answer, outcome.status)
             await sink.discard_leftovers()
             log.info("reply relayed", request_id=request_id, status=outcome.status, chars=len(outcome.text))
         except Undeliverable as error:
@@ -411,6 +437,7 @@ class Conversations:
             log.error("relaying failed", request_id=request_id, **crash_report(error))
             await self._cancel_quietly(request_id)
             await self._finish_quietly(editor, messages.GENERATION_FAILED)
+            await self._count_outcome(answer, "error")
         with contextlib.suppress(Undeliverable):
             await sink.after_answer()
         await self._finish(request_id)

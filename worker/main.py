@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -13,6 +16,7 @@ from brandbot.logs import get_logger
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.settings import Settings
 from brandbot.templating import ChatTemplate
+from brandbot.usage import UptimeClock, UsageRecorder
 from worker.engines import GpuOptions, load_engine
 from worker.environment import seal_process_environment
 from worker.faults import WorkerFaults
@@ -65,6 +69,13 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
     metrics.engine_requests.set_function(engine.in_flight)
     if settings.metrics_port:
         metrics.serve(settings.metrics_port, host=settings.metrics_host)
+    usage = UsageRecorder(connection, retention_days=settings.usage_retention_days)
+    uptime = UptimeClock(usage, model=settings.model_name, clock=time.monotonic)
+
+    def on_tick(queue_depth: int) -> None:  # every heartbeat; a Redis error skips it like the heartbeat
+        metrics.queue_depth.set(queue_depth)
+        uptime.tick()
+
     service = ReplyService(
         engine=engine,
         template=template,
@@ -78,6 +89,8 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
         company=settings.company_name,
         deadline_seconds=settings.generation_deadline_seconds,
         feedback=FeedbackRecorder(connection, retention_seconds=settings.retention_seconds),
+        usage=usage,
+        model_name=settings.model_name,
     )
     # More slots than the engine really runs at once would hold questions here that another worker could
     # start now (ExLlamaV2 without flash-attn generates one at a time).
@@ -99,7 +112,7 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
         drain_grace_seconds=settings.drain_grace_seconds,
         job_heartbeat_ttl=settings.job_heartbeat_ttl_seconds,
         maintenance_interval=settings.recovery_interval_seconds,
-        on_tick=metrics.queue_depth.set,
+        on_tick=on_tick,
         on_stop=service.start_draining,
     )
 
@@ -121,3 +134,7 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
     finally:
         prompts.stop_watching()
         engine.close()
+        try:
+            uptime.flush()
+        except redis.RedisError:
+            log.warning("worker uptime not counted, redis unreachable")

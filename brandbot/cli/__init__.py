@@ -14,6 +14,7 @@ import typer
 from brandbot.cli.chat import chat
 from brandbot.cli.feedback import feedback_app
 from brandbot.cli.prompts import prompts_app
+from brandbot.cli.usage import usage
 from brandbot.errors import BrandbotError, SettingsError
 from brandbot.logs import configure_logging
 from brandbot.settings import Settings, SlackMode, load_settings
@@ -38,6 +39,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(prompts_app, name="prompts")
 app.add_typer(feedback_app, name="feedback")
 app.command()(chat)
+app.command()(usage)
 
 
 def fail(message: str, *, code: int = 1) -> None:
