@@ -104,8 +104,8 @@ class Accepted:
     editor: AnswerEditor
     sink: AnswerSink
     ahead: int = 0
-    usage: UsageGroup | None = None  # None for an answer resumed from another process: not counted
-    asked_at: float | None = None  # `Question.received_at`
+    usage: UsageGroup | None = None  # what the answer is counted under (`brandbot usage`)
+    asked_at: float | None = None  # `Question.received_at`; None for an answer resumed by another process
 
 
 class Conversations:
@@ -269,7 +269,8 @@ class Conversations:
         if isinstance(verdict, Refused):
             fresh = await self.book.first_sight(question.event_ids, request_id)
         else:
-            record = {"model": verdict.persona.model, "sink": sink.state()}
+            usage = self._usage_group(question, verdict)
+            record = {"model": verdict.persona.model, "sink": sink.state(), "usage": list(usage.parts())}
             fresh = await self.book.take(question.event_ids, request_id, record)
         if not fresh:
             log.info("duplicate event ignored", event_id=question.event_ids[0])
@@ -313,7 +314,8 @@ class Conversations:
     ) -> Accepted | None:
         """The placeholder goes up while the request is built and queued: neither waits for the other."""
         model = resolution.persona.model
-        sink.on_change = self._saver(request_id, model, sink)
+        usage = self._usage_group(question, resolution)
+        sink.on_change = self._saver(request_id, model, sink, usage)
         editor = self.adapter.editor(sink, self.pacer)
         shown, enqueued = await asyncio.gather(
             self._show_life(editor, request_id),
@@ -340,14 +342,17 @@ class Conversations:
             with contextlib.suppress(*REDIS_ERRORS):
                 joined = keys.joined_conversation(self.platform, question.conversation_id)
                 await self.queue.redis.set(joined, b"1", ex=self.settings.retention_seconds)
-        usage = UsageGroup(
-            platform=self.platform,
-            channel=question.parent_channel_id or question.channel_id,  # the request's target channel
-            persona=resolution.persona.name,
-            model=model,
-        )
         await self._count(request_id, usage, {"questions": 1})
         return Accepted(request_id, model, editor, sink, enqueued.ahead, usage, question.received_at)
+
+    def _usage_group(self, question: Question, resolution: Resolution) -> UsageGroup:
+        """What this question's usage is counted under (the same as the worker's: the request's target)."""
+        return UsageGroup(
+            platform=self.platform,
+            channel=question.parent_channel_id or question.channel_id,
+            persona=resolution.persona.name,
+            model=resolution.persona.model,
+        )
 
     async def _count(self, request_id: str, usage: UsageGroup | None, counts: dict[str, int]) -> None:
         """Add to the usage counters (`brandbot usage`); a lost count is not worth failing an answer."""
@@ -364,13 +369,16 @@ class Conversations:
         await self._count(answer.request_id, answer.usage, counts)
 
     def _saver(
-        self, request_id: str, model: str, sink: AnswerSink
+        self, request_id: str, model: str, sink: AnswerSink, usage: UsageGroup | None
     ) -> Callable[[], Coroutine[Any, Any, None]]:
         """Keep the in-flight record in step with the messages shown; losing that is not fatal."""
 
         async def save() -> None:
             try:
-                await self.book.record(request_id, {"model": model, "sink": sink.state()})
+                record = {"model": model, "sink": sink.state()}
+                if usage is not None:
+                    record["usage"] = list(usage.parts())
+                await self.book.record(request_id, record)
             except REDIS_ERRORS:
                 log.warning("in-flight record not saved", request_id=request_id)
 
@@ -475,11 +483,12 @@ class Conversations:
                 await self.book.finish(request_id)
                 continue
             log.info("resuming an answer", request_id=request_id, messages=len(sink.adopt))
-            self._track(self._relays, self._resume(request_id, model, sink))
+            usage = UsageGroup.from_record(record.get("usage"))
+            self._track(self._relays, self._resume(request_id, model, sink, usage))
         return len(orphans)
 
-    async def _resume(self, request_id: str, model: str, sink: AnswerSink) -> None:
-        sink.on_change = self._saver(request_id, model, sink)
+    async def _resume(self, request_id: str, model: str, sink: AnswerSink, usage: UsageGroup | None) -> None:
+        sink.on_change = self._saver(request_id, model, sink, usage)
         editor = self.adapter.editor(sink, self.pacer)
         try:
             await sink.prepare_resume()
@@ -493,7 +502,7 @@ class Conversations:
             log.warning("resumed answer could not be shown", request_id=request_id, error=error)
             await self._finish(request_id)
             return
-        await self._relay(Accepted(request_id, model, editor, sink))
+        await self._relay(Accepted(request_id, model, editor, sink, usage=usage))
 
     async def _still_known(self, request_id: str) -> bool:
         """Its job or reply stream is still in Redis (a crash before queueing, expiry, or lost data: not)."""

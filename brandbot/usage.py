@@ -75,6 +75,14 @@ class UsageGroup:
         platform, channel, persona, model = (str(part) for part in json.loads(member))
         return cls(platform=platform, channel=channel, persona=persona, model=model)
 
+    @classmethod
+    def from_record(cls, parts: object) -> UsageGroup | None:
+        """The group an in-flight record carries (`parts()` as a list), None if it has none or a bad one."""
+        if not isinstance(parts, list) or len(parts) != 4 or not all(isinstance(p, str) for p in parts):
+            return None
+        platform, channel, persona, model = parts
+        return cls(platform=platform, channel=channel, persona=persona, model=model)
+
 
 def utc_day(moment: datetime | None = None) -> str:
     return (moment or datetime.now(UTC)).astimezone(UTC).date().isoformat()

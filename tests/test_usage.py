@@ -32,7 +32,7 @@ from brandbot.usage import (
 from tests.conftest import REPO, WorkerProcess, worker_env
 from tests.emulators.slack import SlackEmulator
 from tests.redis_servers import LockedRedis
-from tests.slack_fixtures import done_of, queued_requests, slack_running
+from tests.slack_fixtures import answer_with, done_of, queued_requests, scripted_worker, slack_running
 
 QUESTIONS = {  # channel → questions; words no counter may ever hold
     "CGENERAL": ["where is the zebrafinch manual?", "is the quokkalamp on sale?"],
@@ -146,6 +146,22 @@ async def test_answers_are_counted_per_persona_channel_and_model_with_the_done_e
     blob = b" ".join(stored).lower()
     for word in SECRET_WORDS:
         assert word.encode() not in blob
+
+
+async def test_an_answer_resumed_by_a_restarted_front_end_is_counted_once(
+    slack_emulator: SlackEmulator, settings: Callable[..., Settings], redis_client: redis.Redis
+) -> None:
+    slack, base = slack_emulator, settings()
+    text = " ".join(f"part{i}" for i in range(60))
+    async with scripted_worker(base.redis_url, answer_with(text, chunk=12), step_seconds=0.1):
+        async with slack_running(slack, base) as first:
+            question = await first.mention("C1", "U1", "tell me a long story")
+            await slack.wait_until(lambda: bool(slack.calls_to("chat.appendStream")), what="streaming")
+        async with slack_running(slack, base) as second:  # the first stopped mid-answer (a deploy)
+            await second.wait_for_answer("C1", question.ts)
+    group = UsageGroup(platform="slack", channel="C1", persona="default", model="default")
+    counters: Any = redis_client.hgetall(keys.usage_counters(CHAT, utc_day(), group.parts()))
+    assert counters == {b"questions": b"1", b"answers": b"1"}  # no final time: the relay started over
 
 
 def test_costs_and_percentiles_are_computed_from_the_counters(
