@@ -74,7 +74,11 @@ class UsageRow:
     wall_cost_per_1000_answers: float | None
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        """Fields for CSV and JSON; costs and times rounded to 6 decimals (no float noise)."""
+        return {
+            name: round(value, 6) if isinstance(value, float) else value
+            for name, value in asdict(self).items()
+        }
 
 
 def per_thousand(cost: float, answers: int) -> float | None:

@@ -227,6 +227,6 @@ async def test_each_locked_tier_records_only_its_own_usage_and_status_reads_it(
         document = usage_json(settings(**server.settings_for("status")), tmp_path, "--days", "1")
         [row] = document["rows"]
         assert (row["answers"], row["prompt_tokens"], row["completion_tokens"]) == (1, 7, 3)
-        assert document["totals"][0]["worker_hours"] == pytest.approx(60 / 3600)
+        assert document["totals"][0]["worker_hours"] == pytest.approx(60 / 3600, abs=1e-6)
     finally:
         server.stop()
