@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -170,7 +170,7 @@ class UptimeClock:
     """A worker's time up, written every `flush_seconds` (and at stop) to the day it was spent in."""
 
     def __init__(
-        self, recorder: UsageRecorder, *, model: str, clock: Any, flush_seconds: float = 60.0
+        self, recorder: UsageRecorder, *, model: str, clock: Callable[[], float], flush_seconds: float = 60.0
     ) -> None:
         self._recorder = recorder
         self._model = model
