@@ -16,6 +16,7 @@ from brandbot.cli.feedback import feedback_app
 from brandbot.cli.operator import failed_app, probe, status
 from brandbot.cli.prompts import prompts_app
 from brandbot.cli.settings import settings_app
+from brandbot.cli.usage import usage
 from brandbot.errors import BrandbotError, SettingsError
 from brandbot.logs import configure_logging
 from brandbot.settings import Settings, SlackMode, WorkerSettings, load_settings
@@ -44,6 +45,7 @@ app.command()(chat)
 app.command()(status)
 app.command()(probe)
 app.add_typer(failed_app, name="failed")
+app.command()(usage)
 
 
 def fail(message: str, *, code: int = 1) -> None:
