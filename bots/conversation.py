@@ -43,6 +43,7 @@ from brandbot.promptfiles.library import Resolution
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.queue import Enqueued, RequestQueue
 from brandbot.settings import Settings
+from brandbot.usage import CHAT, AsyncUsageRecorder, UsageGroup, outcome_counts
 
 log = get_logger(__name__)
 
@@ -104,6 +105,8 @@ class Accepted:
     editor: AnswerEditor
     sink: AnswerSink
     ahead: int = 0
+    usage: UsageGroup | None = None  # what the answer is counted under (`brandbot usage`)
+    asked_at: float | None = None  # `Question.received_at`; None for an answer resumed by another process
 
 
 class Conversations:
@@ -134,6 +137,7 @@ class Conversations:
         self.book = RelayBook(
             queue.redis, platform=self.platform, retention_seconds=settings.retention_seconds
         )
+        self.usage = AsyncUsageRecorder(queue.redis, retention_days=settings.usage_retention_days)
         self._intake_slots = asyncio.Semaphore(INTAKE_AT_ONCE)
         self._intakes: set[asyncio.Task[asyncio.Task[None] | None]] = set()
         self._relays: set[asyncio.Task[None]] = set()
@@ -271,7 +275,8 @@ class Conversations:
         if isinstance(verdict, Refused):
             fresh = await self.book.first_sight(question.event_ids, request_id)
         else:
-            record = {"model": verdict.persona.model, "sink": sink.state()}
+            usage = self._usage_group(question, verdict)
+            record = {"model": verdict.persona.model, "sink": sink.state(), "usage": list(usage.parts())}
             fresh = await self.book.take(question.event_ids, request_id, record)
         if not fresh:
             log.info("duplicate event ignored", event_id=question.event_ids[0])
@@ -315,7 +320,8 @@ class Conversations:
     ) -> Accepted | None:
         """The placeholder goes up while the request is built and queued: neither waits for the other."""
         model = resolution.persona.model
-        sink.on_change = self._saver(request_id, model, sink)
+        usage = self._usage_group(question, resolution)
+        sink.on_change = self._saver(request_id, model, sink, usage)
         editor = self.adapter.editor(sink, self.pacer)
         shown, enqueued = await asyncio.gather(
             self._show_life(editor, request_id),
@@ -343,16 +349,43 @@ class Conversations:
             with contextlib.suppress(*REDIS_ERRORS):
                 joined = keys.joined_conversation(self.platform, question.conversation_id)
                 await self.queue.redis.set(joined, b"1", ex=self.settings.retention_seconds)
-        return Accepted(request_id, model, editor, sink, enqueued.ahead)
+        await self._count(request_id, usage, {"questions": 1})
+        return Accepted(request_id, model, editor, sink, enqueued.ahead, usage, question.received_at)
+
+    def _usage_group(self, question: Question, resolution: Resolution) -> UsageGroup:
+        """What this question's usage is counted under (the same as the worker's: the request's target)."""
+        return UsageGroup(
+            platform=self.platform,
+            channel=question.parent_channel_id or question.channel_id,
+            persona=resolution.persona.name,
+            model=resolution.persona.model,
+        )
+
+    async def _count(self, request_id: str, usage: UsageGroup | None, counts: dict[str, int]) -> None:
+        """Add to the usage counters (`brandbot usage`); a lost count is not worth failing an answer."""
+        if usage is None:
+            return
+        try:
+            await self.usage.record(CHAT, usage, counts)
+        except REDIS_ERRORS:
+            log.warning("usage not counted", request_id=request_id)
+
+    async def _count_outcome(self, answer: Accepted, status: str) -> None:
+        shown_after = None if answer.asked_at is None else (time.perf_counter() - answer.asked_at) * 1000
+        counts = outcome_counts(answered=status == "done", final_ms=shown_after)
+        await self._count(answer.request_id, answer.usage, counts)
 
     def _saver(
-        self, request_id: str, model: str, sink: AnswerSink
+        self, request_id: str, model: str, sink: AnswerSink, usage: UsageGroup | None
     ) -> Callable[[], Coroutine[Any, Any, None]]:
         """Keep the in-flight record in step with the messages shown; losing that is not fatal."""
 
         async def save() -> None:
             try:
-                await self.book.record(request_id, {"model": model, "sink": sink.state()})
+                record = {"model": model, "sink": sink.state()}
+                if usage is not None:
+                    record["usage"] = list(usage.parts())
+                await self.book.record(request_id, record)
             except REDIS_ERRORS:
                 log.warning("in-flight record not saved", request_id=request_id)
 
@@ -419,6 +452,7 @@ class Conversations:
                 return  # the process that holds the lease now finishes it
             if outcome.status != "done":
                 self.metrics.error(outcome.status)  # error, no_worker, unreachable, lost, timeout
+            await self._count_outcome(answer, outcome.status)
             await sink.discard_leftovers()
             log.info("reply relayed", request_id=request_id, status=outcome.status, chars=len(outcome.text))
         except Undeliverable as error:
@@ -432,6 +466,7 @@ class Conversations:
             self.metrics.error(FrontEndError.BUG)
             await self._cancel_quietly(request_id)
             await self._finish_quietly(editor, messages.GENERATION_FAILED)
+            await self._count_outcome(answer, "error")
         with contextlib.suppress(Undeliverable):
             await sink.after_answer()
         await self._finish(request_id)
@@ -469,11 +504,12 @@ class Conversations:
                 await self.book.finish(request_id)
                 continue
             log.info("resuming an answer", request_id=request_id, messages=len(sink.adopt))
-            self._track(self._relays, self._resume(request_id, model, sink))
+            usage = UsageGroup.from_record(record.get("usage"))
+            self._track(self._relays, self._resume(request_id, model, sink, usage))
         return len(orphans)
 
-    async def _resume(self, request_id: str, model: str, sink: AnswerSink) -> None:
-        sink.on_change = self._saver(request_id, model, sink)
+    async def _resume(self, request_id: str, model: str, sink: AnswerSink, usage: UsageGroup | None) -> None:
+        sink.on_change = self._saver(request_id, model, sink, usage)
         editor = self.adapter.editor(sink, self.pacer)
         try:
             await sink.prepare_resume()
@@ -487,7 +523,7 @@ class Conversations:
             log.warning("resumed answer could not be shown", request_id=request_id, error=error)
             await self._finish(request_id)
             return
-        await self._relay(Accepted(request_id, model, editor, sink))
+        await self._relay(Accepted(request_id, model, editor, sink, usage=usage))
 
     async def _still_known(self, request_id: str) -> bool:
         """Its job or reply stream is still in Redis (a crash before queueing, expiry, or lost data: not)."""

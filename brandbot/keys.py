@@ -70,3 +70,18 @@ WORKERS_SET = f"{KEY_PREFIX}:workers"
 def feedback(request_id: str) -> str:
     """Stored conversation and rating of one answered request (for the fine-tuning export)."""
     return f"{KEY_PREFIX}:feedback:{request_id}"
+
+
+def usage_index(tier: str, day: str) -> str:
+    """Set of the usage groups one tier recorded on `day` (UTC, YYYY-MM-DD): counters only, no text."""
+    return f"{KEY_PREFIX}:usage:{tier}:{day}"
+
+
+def usage_counters(tier: str, day: str, group: tuple[str, ...]) -> str:
+    """Hash of one tier's counters for one day and group (persona, platform, channel, model ids)."""
+    return f"{KEY_PREFIX}:usage:{tier}:{day}:{':'.join(group)}"
+
+
+def usage_uptime(day: str) -> str:
+    """Hash of the seconds workers were up on `day`, per model (for the wall-clock cost)."""
+    return f"{KEY_PREFIX}:usage:engine:{day}:uptime"

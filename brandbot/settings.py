@@ -251,6 +251,35 @@ class Settings(BaseSettings):
         "nothing kept.",
     )
 
+    # -- usage (`brandbot usage`) --------------------------------------------------------------------
+    usage_retention_days: int = Field(
+        90,
+        ge=1,
+        le=3650,
+        description="How long Redis keeps the usage counters (days; counts and ids, never text); "
+        "independent of BRANDBOT_RETENTION_SECONDS.",
+    )
+    usage_api_input_price_per_million: float = Field(
+        1.0,
+        ge=0,
+        description="A metered API's price per million input (prompt) tokens, in your currency, to compare "
+        "with: `brandbot usage` shows what the same tokens would have cost there. An illustrative round "
+        "default, not any provider's price: set yours.",
+    )
+    usage_api_output_price_per_million: float = Field(
+        4.0,
+        ge=0,
+        description="A metered API's price per million output (completion) tokens, in your currency. An "
+        "illustrative round default, not any provider's price: set yours.",
+    )
+    usage_gpu_hour_price: float = Field(
+        2.0,
+        ge=0,
+        description="What one GPU-hour of your own hardware costs (depreciation, power, hosting, or a "
+        "rental price), in your currency: `brandbot usage` turns it into a cost per 1,000 answers. An "
+        "illustrative round default: set yours.",
+    )
+
     def require(self, *names: str) -> None:
         """Stop with a clear message if a setting this command needs is unset."""
         missing = [f"BRANDBOT_{name.upper()}" for name in names if getattr(self, name) is None]

@@ -5,8 +5,9 @@ job. RQ's own counters would not do: `registry.count` first cleans the registry 
 their failure callbacks), and fetching a job deserialises whatever the hash holds.
 
 It works as the `status` ACL user (deploy/redis/users.acl), which may not read job hashes: the age of
-the oldest waiting request is then the one the queue's workers publish in their heartbeat records (a
-user that may read job hashes gets it first-hand, one field of one hash).
+the oldest waiting request is the one the queue's workers publish in their heartbeat records; with no
+worker alive, a user that may read job hashes gets it first-hand (one field of one hash), the `status`
+user sees it as unknown.
 """
 
 from __future__ import annotations
@@ -115,16 +116,24 @@ def collect_status(connection: redis.Redis) -> dict[str, Any]:
     return {"workers": workers, "queues": queues, "failed": sum(q["failed"] for q in queues)}
 
 
+STATUS_USER = "status"
+"""The read-only ACL user of deploy/redis/users.acl."""
+
+
 def _oldest_wait(
     connection: redis.Redis, queue: str, model: str, waiting: int, workers: list[dict[str, Any]]
 ) -> float | None:
     if not waiting:
         return 0.0
+    published = [float(w["_oldest_wait"]) for w in workers if w["model"] == model and w["_oldest_wait"]]
+    if published:
+        return max(published)
+    if connection.connection_pool.connection_kwargs.get("username") == STATUS_USER:
+        return None  # it may not read job hashes (and would only leave a denial in the ACL log)
     try:
         return oldest_wait_seconds(connection, queue)
-    except redis.exceptions.NoPermissionError:  # the `status` user: ask the workers' records
-        published = [float(w["_oldest_wait"]) for w in workers if w["model"] == model and w["_oldest_wait"]]
-        return max(published) if published else None
+    except redis.exceptions.NoPermissionError:
+        return None
 
 
 def gather(settings: Settings) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import redis
 from redis.backoff import NoBackoff
@@ -17,6 +18,7 @@ from brandbot.logs import get_logger
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.settings import Settings
 from brandbot.templating import ChatTemplate
+from brandbot.usage import UptimeClock, UsageRecorder
 from worker.adapter_match import AdapterMatcher
 from worker.engines import GpuOptions, load_engine, select_engine
 from worker.engines.selection import EngineChoice
@@ -95,6 +97,13 @@ def _serve(
         engine.close()
         raise EngineLoadError(str(error)) from None
     metrics.engine_requests.set_function(engine.in_flight)
+    usage = UsageRecorder(connection, retention_days=settings.usage_retention_days)
+    uptime = UptimeClock(usage, model=settings.model_name, clock=time.monotonic)
+
+    def on_tick(queue_depth: int) -> None:  # every heartbeat; a Redis error skips it like the heartbeat
+        metrics.queue_depth.set(queue_depth)
+        uptime.tick()
+
     service = ReplyService(
         engine=engine,
         template=template,
@@ -109,6 +118,8 @@ def _serve(
         deadline_seconds=settings.generation_deadline_seconds,
         feedback=FeedbackRecorder(connection, retention_seconds=settings.retention_seconds),
         adapters=adapters,
+        usage=usage,
+        model_name=settings.model_name,
     )
     report_unserved_personas(prompts, adapters, settings.model_name)
     # More slots than the engine really runs at once would hold questions here that another worker could
@@ -132,7 +143,7 @@ def _serve(
         drain_grace_seconds=settings.drain_grace_seconds,
         job_heartbeat_ttl=settings.job_heartbeat_ttl_seconds,
         maintenance_interval=settings.recovery_interval_seconds,
-        on_tick=metrics.queue_depth.set,
+        on_tick=on_tick,
         on_stop=service.start_draining,
     )
 
@@ -157,6 +168,10 @@ def _serve(
     finally:
         prompts.stop_watching()
         engine.close()
+        try:
+            uptime.flush()
+        except redis.RedisError:
+            log.warning("worker uptime not counted, redis unreachable")
 
 
 def report_unserved_personas(prompts: LivePromptLibrary, adapters: AdapterMatcher, model_name: str) -> None:

@@ -28,6 +28,7 @@ from brandbot.logs import get_logger
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.promptfiles.models import Persona
 from brandbot.templating import ChatTemplate
+from brandbot.usage import ENGINE, UsageGroup, UsageRecorder, generation_counts
 from worker.adapter_match import AdapterMatcher
 from worker.engines.base import Engine, GenerationStream, SamplingSettings
 from worker.leak_guard import LeakGuard
@@ -69,6 +70,8 @@ class ReplyService:
     deadline_seconds: float
     feedback: FeedbackRecorder | None = None
     adapters: AdapterMatcher = field(default_factory=lambda: AdapterMatcher(served=None))
+    usage: UsageRecorder | None = None
+    model_name: str = "default"
     _streams: dict[str, GenerationStream] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     draining: bool = False
@@ -181,6 +184,7 @@ class ReplyService:
             tail.append(NoticeEvent(attempt=attempt, code="length", message=messages.CUT_BY_LENGTH))
         replies.send_and_wait(*tail, done)
         self.metrics.finished(result)
+        self._record_usage(request, usage, bound)
         bound.info(
             "reply done",
             finish_reason=result.finish_reason.value,
@@ -213,6 +217,21 @@ class ReplyService:
             )
         except redis.RedisError as error:
             bound.warning("answer not kept for feedback", error_type=type(error).__name__)
+
+    def _record_usage(self, request: GenerationRequest, usage: Usage, bound: Any) -> None:
+        """Count this generation's tokens and time for `brandbot usage` (after the answer went out)."""
+        if self.usage is None:
+            return
+        group = UsageGroup(
+            platform=request.target.platform.value,
+            channel=request.target.channel_id,
+            persona=request.persona,
+            model=self.model_name,
+        )
+        try:
+            self.usage.record(ENGINE, group, generation_counts(usage))
+        except redis.RedisError as error:
+            bound.warning("usage not counted", error_type=type(error).__name__)
 
     def _relay(
         self, replies: ReplyWriter, attempt: int, stream: GenerationStream, guard: LeakGuard | None = None

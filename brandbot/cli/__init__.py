@@ -18,6 +18,7 @@ from brandbot.cli.prompts import prompts_app
 from brandbot.cli.settings import settings_app
 from brandbot.cli.tune import tune
 from brandbot.cli.up import up
+from brandbot.cli.usage import usage
 from brandbot.errors import BrandbotError, SettingsError
 from brandbot.logs import configure_logging
 from brandbot.settings import Settings, SlackMode, WorkerSettings, load_settings
@@ -48,6 +49,7 @@ app.command()(tune)
 app.command()(status)
 app.command()(probe)
 app.add_typer(failed_app, name="failed")
+app.command()(usage)
 
 
 def fail(message: str, *, code: int = 1) -> None:
