@@ -76,25 +76,36 @@ def test_two_personas_answer_with_and_without_their_adapter(
     redis_client: redis.Redis,
     settings: Callable[..., Settings],
     prompts_dir: Path,
+    tiny_model: Path,
     tiny_adapter: Path,
+    tmp_path: Path,
 ) -> None:
-    allow_models(prompts_dir, "default", "tuned")
+    from worker.tuning.adapters import merge_adapter
+
+    merged = merge_adapter(tiny_model, tiny_adapter, tmp_path / "merged")
+    assert (merged / "brandbot-tune.json").is_file() and not (tmp_path / ".merged.partial").exists()
+    allow_models(prompts_dir, "default", "tuned", "merged")
     write_persona(prompts_dir, "plain", model="default")
     write_persona(prompts_dir, "tuned", model="tuned", lora=tiny_adapter)
+    write_persona(prompts_dir, "also-tuned", model="merged", lora=tiny_adapter)
     load_prompt_library(prompts_dir)  # the files are valid as written
     start_worker()
     start_worker(model_name="tuned", lora_dir=tiny_adapter)
+    start_worker(model_name="merged", model_dir=merged)
 
     plain, tuned = a_request(QUESTION, persona="plain"), a_request(QUESTION, persona="tuned")
+    from_merged = a_request(QUESTION, persona="also-tuned")
     ask(settings(), plain, "default")
     ask(settings(), tuned, "tuned")
-    base_answer, tuned_answer = (
-        final_event(redis_client, plain.request_id),
-        final_event(redis_client, tuned.request_id),
-    )
+    ask(settings(), from_merged, "merged")
+    base_answer = final_event(redis_client, plain.request_id)
+    tuned_answer = final_event(redis_client, tuned.request_id)
+    merged_answer = final_event(redis_client, from_merged.request_id)
 
     assert isinstance(base_answer, DoneEvent) and isinstance(tuned_answer, DoneEvent)
     assert tuned_answer.text != base_answer.text  # greedy both: only the adapter differs
+    # The merged folder's brandbot-tune.json names the adapter: its worker serves the persona too.
+    assert isinstance(merged_answer, DoneEvent)
 
 
 def test_persona_whose_adapter_is_not_served_gets_a_kind_message_not_the_base_voice(
@@ -144,37 +155,3 @@ def test_personas_sharing_a_model_may_not_name_different_adapters(
     (problem,) = raised.value.problems
     assert problem.startswith(f"{prompts_dir / 'personas' / 'second.yaml'}:7:")
     assert "model name of its own" in problem
-
-
-def test_worker_on_a_merged_folder_serves_the_persona_of_the_adapter_merged_in(
-    start_worker: Callable[..., WorkerProcess],
-    redis_client: redis.Redis,
-    settings: Callable[..., Settings],
-    prompts_dir: Path,
-    tiny_model: Path,
-    tiny_adapter: Path,
-    tmp_path: Path,
-) -> None:
-    from worker.tuning.adapters import merge_adapter
-
-    merged = merge_adapter(tiny_model, tiny_adapter, tmp_path / "merged")
-    allow_models(prompts_dir, "default", "tuned", "merged")
-    write_persona(prompts_dir, "tuned", model="tuned", lora=tiny_adapter)
-    write_persona(prompts_dir, "also-tuned", model="merged", lora=tiny_adapter)
-    start_worker(model_name="tuned", lora_dir=tiny_adapter)
-    start_worker(model_name="merged", model_dir=merged)
-    assert (merged / "brandbot-tune.json").is_file() and not (tmp_path / ".merged.partial").exists()
-
-    with_adapter, from_merged = (
-        a_request(QUESTION, persona="tuned"),
-        a_request(QUESTION, persona="also-tuned"),
-    )
-    ask(settings(), with_adapter, "tuned")
-    ask(settings(), from_merged, "merged")
-    first, second = (
-        final_event(redis_client, with_adapter.request_id),
-        final_event(redis_client, from_merged.request_id),
-    )
-
-    # Both serve the persona's adapter (the merged folder's brandbot-tune.json names it): neither refuses.
-    assert isinstance(first, DoneEvent) and isinstance(second, DoneEvent)
