@@ -192,3 +192,17 @@ def test_resuming_a_checkpoint_made_for_another_base_model_is_one_line(
     line = one_line(stderr)
     assert line.startswith(f"brandbot: cannot resume: {foreign}: made for another base model (")
     assert not (tmp_path / "adapter").exists()
+
+
+def test_a_typo_in_the_personas_eval_file_stops_tune_before_any_work(
+    tmp_path: Path, prompts_dir: Path, tiny_model: Path
+) -> None:
+    evals = prompts_dir / "evals" / "default.yaml"
+    evals.parent.mkdir(exist_ok=True)
+    evals.write_text("cases:\n  - name: hi\n    question: Hi?\n    chekcs: {}\n", encoding="utf-8")
+    data = write_lines(tmp_path / "voice.jsonl", *[GOOD] * 5)
+    code, stderr = tune_cli(prompts_dir, str(data), "-o", str(tmp_path / "out"), "--base", str(tiny_model))
+
+    assert code == 2
+    assert f"{evals}:4:" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
