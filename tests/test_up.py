@@ -103,7 +103,16 @@ class Up:
         self.run_dir = tmp_path / "run"
         self.stderr_path = tmp_path / "up.stderr"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "brandbot.cli", "up", "--run-dir", str(self.run_dir), *args],
+            # Relative, as `scripts/run`'s default `.run` is.
+            [
+                sys.executable,
+                "-m",
+                "brandbot.cli",
+                "up",
+                "--run-dir",
+                os.path.relpath(self.run_dir, REPO),
+                *args,
+            ],
             env=env,
             cwd=REPO,
             stdin=subprocess.PIPE,
