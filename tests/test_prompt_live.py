@@ -52,7 +52,7 @@ def test_prompt_edit_applies_on_reload_and_bumps_the_version(live: LivePromptLib
 
 def test_bad_edit_is_rejected_and_the_last_good_configuration_stays(live: LivePromptLibrary) -> None:
     good = live.current()
-    edit(default_yaml(live), "temperature: 0.7", "temperature: 7")
+    edit(default_yaml(live), "temperature: 0.3", "temperature: 7")
     problems = live.reload()
     assert problems == [f"{default_yaml(live)}:13: sampling.temperature: must be ≤ 2"]
     assert live.current() is good and live.version == 1

@@ -2,8 +2,8 @@
 
 The CLI entry point reads them once from `BRANDBOT_TEST_*` environment variables and hands them to
 `run_worker`; nothing else reads the environment. They reproduce what cannot be provoked from outside on a
-CPU: a slow slot start-up (the heartbeat race), an engine that runs one request at a time (ExLlamaV2
-without flash-attn), an engine whose generation thread dies, and a shorter wait for Redis.
+CPU: a slow slot start-up (the heartbeat race), a slow model load, an engine that runs one request at a
+time (ExLlamaV2 without flash-attn), an engine whose generation thread dies, and a shorter wait for Redis.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ ENGINE_BATCH_LIMIT = "BRANDBOT_TEST_ENGINE_BATCH_LIMIT"
 KILL_ENGINE_THREAD_AT_IN_FLIGHT = "BRANDBOT_TEST_KILL_ENGINE_THREAD_AT_IN_FLIGHT"
 PUBLISH_OUTAGE = "BRANDBOT_TEST_PUBLISH_OUTAGE_SECONDS"
 DIE_ON_PROMPT_TEXT = "BRANDBOT_TEST_DIE_ON_PROMPT_TEXT"
+LOAD_DELAY = "BRANDBOT_TEST_LOAD_DELAY_SECONDS"
 
 WATCH_INTERVAL_SECONDS = 0.01
 
@@ -52,6 +53,9 @@ class WorkerFaults:
     """The worker process kills itself (SIGKILL) when a prompt holding this text reaches the engine: a
     poison question, deterministic however fast the model would have answered it."""
 
+    load_delay_seconds: float = 0.0
+    """The worker waits this long before it loads the model (a large model on a slow disk)."""
+
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> WorkerFaults:
         def number(name: str) -> int | None:
@@ -63,6 +67,7 @@ class WorkerFaults:
             kill_engine_thread_at_in_flight=number(KILL_ENGINE_THREAD_AT_IN_FLIGHT),
             publish_outage_seconds=float(environ[PUBLISH_OUTAGE]) if environ.get(PUBLISH_OUTAGE) else None,
             die_on_prompt_text=environ.get(DIE_ON_PROMPT_TEXT) or None,
+            load_delay_seconds=float(environ.get(LOAD_DELAY) or 0.0),
         )
 
     def delay_slot_start(self, setup: Callable[[], object]) -> Callable[[], object]:

@@ -84,6 +84,8 @@ def _serve(
     readiness: Readiness,
 ) -> None:
     adapters = AdapterMatcher(served=served_fingerprint(settings.model_dir, settings.lora_dir))
+    if faults.load_delay_seconds:
+        time.sleep(faults.load_delay_seconds)
     engine = load_engine(
         choice.engine,
         settings.model_dir,

@@ -205,13 +205,13 @@ def redis_answers(settings: Settings) -> str | None:
     return f"Redis {info['redis_version']}" if "redis_version" in info else "Redis"
 
 
-def ensure_redis(settings: Settings, run_dir: Path) -> tuple[str, EmbeddedValkey | None]:
-    """The Redis URL every process uses, and the embedded server if `up` had to start one."""
+def ensure_redis(settings: Settings, run_dir: Path, started: list[EmbeddedValkey]) -> str:
+    """The Redis URL every process uses; an embedded server `up` had to start is added to `started`."""
     where = redacted_url(settings.redis_url)
     server = redis_answers(settings)
     if server is not None:
         say("Redis", f"{server} answers at {where}")
-        return settings.redis_url, None
+        return settings.redis_url
     parts = urlsplit(settings.redis_url)
     if parts.hostname not in LOCAL_HOSTS or parts.scheme != "redis":
         raise RedisUnavailable(
@@ -219,26 +219,33 @@ def ensure_redis(settings: Settings, run_dir: Path) -> tuple[str, EmbeddedValkey
         )
     database = int(parts.path.strip("/") or 0)
     valkey = EmbeddedValkey(run_dir=run_dir, port=parts.port or 6379)
+    started.append(valkey)  # before start(): a Ctrl-C during it still stops it
     url = valkey.start(database=database)
     say(
         "Redis",
         f"none answered at {where}: started an embedded Valkey on 127.0.0.1:{valkey.port} "
         f"(data {valkey.data_dir}, password in {valkey.password_file})",
     )
-    return url, valkey
+    return url
 
 
 # -- the model ----------------------------------------------------------------------------------------
+def check_model_dir(settings: Settings) -> None:
+    """Before anything starts: a configured model folder must exist and hold a model."""
+    folder = settings.model_dir
+    if folder is None:
+        return
+    if not folder.is_dir():
+        raise ModelProblem(f"BRANDBOT_MODEL_DIR: no such folder: {folder}")
+    if not (folder / "config.json").is_file():
+        raise ModelProblem(f"BRANDBOT_MODEL_DIR: {folder} is not a model folder (it has no config.json)")
+
+
 def ensure_model(settings: Settings, demo_dir: Path) -> Path:
-    """The configured model folder if it is one, else the demo model (built on first use)."""
+    """The configured model folder, else the demo model (built on first use)."""
     if settings.model_dir is not None:
-        folder = settings.model_dir
-        if not folder.is_dir():
-            raise ModelProblem(f"BRANDBOT_MODEL_DIR: no such folder: {folder}")
-        if not (folder / "config.json").is_file():
-            raise ModelProblem(f"BRANDBOT_MODEL_DIR: {folder} is not a model folder (it has no config.json)")
-        say("model", f"{folder}")
-        return folder.resolve()
+        say("model", f"{settings.model_dir}")
+        return settings.model_dir.resolve()
     from worker.demo_model import build_demo_model, is_demo_model
 
     if not is_demo_model(demo_dir):
@@ -288,6 +295,7 @@ def run_up(settings: Settings, *, run_dir: Path, demo_dir: Path) -> int:
     """Start everything; returns the exit status once the chat ends (or a signal, or a child's death)."""
     from worker.environment import sealed_environment
 
+    check_model_dir(settings)
     log_dir = run_dir / "logs"
     try:
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -295,51 +303,54 @@ def run_up(settings: Settings, *, run_dir: Path, demo_dir: Path) -> int:
     except OSError as error:
         raise RedisUnavailable(f"cannot write the run folder {run_dir}: {error.strerror}") from None
     supervisor = Supervisor(log_dir=log_dir)
-    valkey: EmbeddedValkey | None = None
+    valkey: list[EmbeddedValkey] = []  # stopped last, after every process that uses it
     try:
-        with signals_stop_everything(supervisor):
-            url, valkey = ensure_redis(settings, run_dir)
-            model_dir = ensure_model(settings, demo_dir)
-            env = {
-                **os.environ,
-                "BRANDBOT_REDIS_URL": url,
-                "BRANDBOT_MODEL_DIR": str(model_dir),
-                "PYTHONUNBUFFERED": "1",
-            }
-            worker = supervisor.spawn(
-                "worker",
-                brandbot_command("worker"),
-                sealed_environment(env),  # the GPU tier gets no platform credentials
-                grace_seconds=settings.drain_grace_seconds + STOP_GRACE_SECONDS,
-            )
-            say("worker", f"loading the model (pid {worker.process.pid}, log {worker.log_path})…")
-            ready = wait_until_ready(settings, url, worker)
-            say(
-                "worker",
-                f"ready: model {settings.model_name}, engine {ready.get('engine', '?')} "
-                f"({ready.get('mode', '?')}), {ready.get('concurrency', '?')} answers at a time",
-            )
-            front_ends = []
-            if settings.slack_bot_token is not None:
-                front_ends.append(supervisor.spawn("slack", brandbot_command("slack"), env))
-            if settings.discord_token is not None:
-                front_ends.append(supervisor.spawn("discord", brandbot_command("discord"), env))
-            for front_end in front_ends:
-                say(front_end.name, f"started (pid {front_end.process.pid}, log {front_end.log_path})")
-            if front_ends:
-                say("up", "running; Ctrl-C stops everything")
-                return watch(supervisor)
-            say("chat", f"no Slack or Discord token: the terminal chat (Ctrl-D leaves; logs in {log_dir})")
-            return chat_in_foreground(supervisor, env)
+        try:
+            with signals_stop_everything(supervisor):
+                url = ensure_redis(settings, run_dir, valkey)
+                model_dir = ensure_model(settings, demo_dir)
+                env = {
+                    **os.environ,
+                    "BRANDBOT_REDIS_URL": url,
+                    "BRANDBOT_MODEL_DIR": str(model_dir),
+                    "PYTHONUNBUFFERED": "1",
+                }
+                worker = supervisor.spawn(
+                    "worker",
+                    brandbot_command("worker"),
+                    sealed_environment(env),  # the GPU tier gets no platform credentials
+                    grace_seconds=settings.drain_grace_seconds + STOP_GRACE_SECONDS,
+                )
+                say("worker", f"loading the model (pid {worker.process.pid}, log {worker.log_path})…")
+                ready = wait_until_ready(settings, url, worker)
+                say(
+                    "worker",
+                    f"ready: model {settings.model_name}, engine {ready.get('engine', '?')} "
+                    f"({ready.get('mode', '?')}), {ready.get('concurrency', '?')} answers at a time",
+                )
+                front_ends = []
+                if settings.slack_bot_token is not None:
+                    front_ends.append(supervisor.spawn("slack", brandbot_command("slack"), env))
+                if settings.discord_token is not None:
+                    front_ends.append(supervisor.spawn("discord", brandbot_command("discord"), env))
+                for front_end in front_ends:
+                    say(front_end.name, f"started (pid {front_end.process.pid}, log {front_end.log_path})")
+                if front_ends:
+                    say("up", "running; Ctrl-C stops everything")
+                    return watch(supervisor)
+                say(
+                    "chat", f"no Slack or Discord token: the terminal chat (Ctrl-D leaves; logs in {log_dir})"
+                )
+                return chat_in_foreground(supervisor, env)
+        finally:
+            for server in valkey:
+                server.stop()
     except KeyboardInterrupt:
         typer.echo("stopped (Ctrl-C): nothing left running", err=True)
         return 130
     except Shutdown as signal_name:
         typer.echo(f"stopped ({signal_name}): nothing left running", err=True)
         return 128 + signal.Signals[str(signal_name)].value
-    finally:
-        if valkey is not None:
-            valkey.stop()
 
 
 def watch(supervisor: Supervisor) -> int:
