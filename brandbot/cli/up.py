@@ -296,7 +296,7 @@ def run_up(settings: Settings, *, run_dir: Path, demo_dir: Path) -> int:
     from worker.environment import sealed_environment
 
     check_model_dir(settings)
-    log_dir = run_dir / "logs"
+    log_dir = run_dir.resolve() / "logs"
     try:
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log_dir.mkdir(exist_ok=True)
