@@ -47,10 +47,13 @@ async def test_after_an_exchange_only_expiring_keys_hold_conversation_text(
 
     await slack.wait_until(answered, timeout=60)
     retention = slack_bot.settings.retention_seconds
+    usage_retention = slack_bot.settings.usage_retention_days * 86_400
     holding_text, too_long, never_expiring = [], [], []
     for key in redis_client.scan_iter():
         ttl = redis_client.ttl(key)
-        if ttl > retention:
+        # Usage counters (counts and ids, never text) are kept for their own period.
+        kept_for = usage_retention if key.startswith(b"brandbot:usage:") else retention
+        if ttl > kept_for or (ttl < 0 and key.startswith(b"brandbot:usage:")):
             too_long.append((key, ttl))
         if QUESTION_MARK.encode() in value_of(redis_client, key):
             holding_text.append(key)
@@ -59,3 +62,4 @@ async def test_after_an_exchange_only_expiring_keys_hold_conversation_text(
     assert holding_text, "the scan found the question nowhere: it searches the wrong way"
     assert never_expiring == [], "keys holding conversation text never expire"
     assert too_long == [], "keys outlive the retention period"
+    assert not [key for key in holding_text if key.startswith(b"brandbot:usage:")], "usage counters hold text"
