@@ -144,7 +144,9 @@ def gather(settings: Settings) -> dict[str, Any]:
         server = server_info(connection)
         status = collect_status(connection)
     except (redis.ConnectionError, redis.TimeoutError) as error:
-        raise QueueUnavailable(f"cannot reach Redis at BRANDBOT_REDIS_URL ({address}): {error}") from None
+        # Sentinel's MasterNotFoundError appends the whole client's repr after " : ".
+        reason = str(error).partition(" : <")[0]
+        raise QueueUnavailable(f"cannot reach Redis at BRANDBOT_REDIS_URL ({address}): {reason}") from None
     except redis.exceptions.NoPermissionError:
         raise QueueUnavailable(
             f"BRANDBOT_REDIS_URL's user may not read the queues at {address}: use the `status` user"

@@ -163,8 +163,9 @@ def test_unreachable_sentinels_end_in_one_line_not_a_hang(tmp_path: Path) -> Non
         text=True,
         timeout=90,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(
-        "brandbot: cannot reach Redis at BRANDBOT_REDIS_URL (No master found for 'mymaster'"
+        "brandbot: cannot reach Redis at BRANDBOT_REDIS_URL (sentinel master mymaster via "
     )
+    assert line.endswith("No master found for 'mymaster'")
