@@ -96,19 +96,23 @@ def free_port() -> int:
 
 
 # -- running `brandbot up` ----------------------------------------------------------------------------
+UP_COMMAND = (sys.executable, "-m", "brandbot.cli", "up")
+README_RUN_COMMAND = ("scripts/run",)
+"""README's run command: the venv (in CI, the fresh one `.ci/run` has just built), then `brandbot up`."""
+
+
 class Up:
     """A `brandbot up` subprocess whose standard output is read as it comes."""
 
-    def __init__(self, tmp_path: Path, env: dict[str, str], *args: str) -> None:
+    def __init__(
+        self, tmp_path: Path, env: dict[str, str], *args: str, command: tuple[str, ...] = UP_COMMAND
+    ) -> None:
         self.run_dir = tmp_path / "run"
         self.stderr_path = tmp_path / "up.stderr"
         self.process = subprocess.Popen(
             # Relative, as `scripts/run`'s default `.run` is.
             [
-                sys.executable,
-                "-m",
-                "brandbot.cli",
-                "up",
+                *command,
                 "--run-dir",
                 os.path.relpath(self.run_dir, REPO),
                 *args,
@@ -201,7 +205,8 @@ def test_up_without_redis_starts_valkey_the_demo_model_and_the_chat_and_leaves_n
     persona.write_text(persona.read_text().replace("temperature: 0.3", "temperature: 0"))
     port = free_port()
     # No BRANDBOT_MODEL_DIR: up uses the demo model, here the one the session built already.
-    up = Up(tmp_path, up_env(prompts_dir, f"redis://127.0.0.1:{port}/0"), "--demo-model", str(demo_model))
+    env = up_env(prompts_dir, f"redis://127.0.0.1:{port}/0")
+    up = Up(tmp_path, env, "--demo-model", str(demo_model), command=README_RUN_COMMAND)
     running.append(up)
     up.read_until(PROMPT)
     recorded = descendants(up.process.pid)
