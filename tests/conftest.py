@@ -94,6 +94,8 @@ def demo_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
             timeout=600,
         )
         assert built.returncode == 0 and is_demo_model(folder), built.stderr
+        # Not a terminal here: the progress is one plain line per step, on standard error.
+        assert "Building the demo model: [3/3] saving safetensors" in built.stderr, built.stderr
     return folder
 
 

