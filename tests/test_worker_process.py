@@ -31,12 +31,14 @@ from brandbot.contract import (
     Role,
     StartEvent,
     Turn,
+    Usage,
     UserRef,
     parse_reply_event,
 )
 from brandbot.queue import JOB_FUNCTION, RequestQueue
 from brandbot.settings import Settings
 from tests.conftest import TEST_REDIS_URL, WorkerProcess, free_port
+from worker.replies import ReplyPublisher
 
 # Fast recovery settings so the crash test does not wait RQ's usual minutes.
 FAST_RECOVERY = {"job_heartbeat_ttl_seconds": 3, "recovery_interval_seconds": 1.0}
@@ -113,6 +115,28 @@ def test_answer_streams_start_deltas_done_and_keeps_text_out_of_logs(
     assert 0 < redis_client.ttl(keys.reply_stream(request.request_id)) <= settings().retention_seconds
     assert "secret question" not in worker_process.log()
     assert request.request_id in worker_process.log()
+
+
+def test_a_retry_of_a_request_answered_before_its_worker_died_is_not_answered_again(
+    worker_process: WorkerProcess, redis_client: redis.Redis, settings: Callable[..., Settings]
+) -> None:
+    # A worker killed between publishing `done` and RQ recording the job as finished: RQ retries it.
+    request = a_request("hello again")
+    answered = DoneEvent(
+        attempt=1,
+        text="the first answer",
+        finish_reason=FinishReason.STOP,
+        usage=Usage(prompt_tokens=1, completion_tokens=3, total_ms=5.0),
+    )
+    ReplyPublisher(redis_client, retention_seconds=60).publish(
+        request.request_id, StartEvent(attempt=1), DeltaEvent(attempt=1, text="the first answer"), answered
+    )
+    enqueue(settings(), request)
+    job = Job.fetch(request.request_id, connection=redis_client, serializer=JSONSerializer)
+    wait_for(lambda: job.get_status(refresh=True) == "finished", 30, "the job to finish")
+    assert job.return_value() == {"already_answered": True}
+    assert events_of(redis_client, request.request_id)[-1] == answered
+    assert len(events_of(redis_client, request.request_id)) == 3
 
 
 def test_killed_worker_requests_are_retried_and_answered_exactly_once(

@@ -10,7 +10,7 @@ import redis
 
 from brandbot import keys
 from brandbot.connections import REDIS_OUTAGE
-from brandbot.contract import ReplyEvent, reply_event_adapter
+from brandbot.contract import DoneEvent, ErrorEvent, ReplyEvent, parse_reply_event, reply_event_adapter
 from brandbot.errors import RepliesUnpublishable
 
 PUBLISH_OUTAGE_SECONDS = 30.0
@@ -54,6 +54,11 @@ class ReplyPublisher:
         entry_id, fields = entries[0]
         return keys.as_text(entry_id), fields.get(b"event", b"")
 
+    def answered(self, request_id: str) -> bool:
+        """True when an attempt already ended this request's stream with its answer or its error."""
+        last = self.last_entry(request_id)
+        return last is not None and isinstance(parse_reply_event(last[1]), DoneEvent | ErrorEvent)
+
     def cancel_requested(self, request_id: str) -> bool:
         return bool(self._redis.exists(keys.cancel_flag(request_id)))
 
@@ -95,17 +100,37 @@ class ReplyWriter:
             self._unsent.clear()
             self._in_doubt = 0
         except redis.RedisError as error:
-            if not redis_unavailable(error):
-                raise
-            self.unavailable_since = self.unavailable_since or now
-            self._next_try = now + PUBLISH_RETRY_SECONDS
-            if now - self.unavailable_since >= self._publisher.outage_seconds:
-                raise RepliesUnpublishable(
-                    f"Redis unavailable for {self._publisher.outage_seconds:.0f} s ({type(error).__name__})"
-                ) from None
+            self._note_outage(error, now)
             return False
         self.unavailable_since = None
         return True
+
+    def _note_outage(self, error: redis.RedisError, now: float) -> None:
+        """Remember since when Redis has been unavailable; give up once that outlasts `outage_seconds`."""
+        if not redis_unavailable(error):
+            raise error
+        self.unavailable_since = self.unavailable_since or now
+        self._next_try = now + PUBLISH_RETRY_SECONDS
+        if now - self.unavailable_since >= self._publisher.outage_seconds:
+            raise RepliesUnpublishable(
+                f"Redis unavailable for {self._publisher.outage_seconds:.0f} s ({type(error).__name__})"
+            ) from None
+
+    def answered_before(self) -> bool:
+        """True when an earlier attempt already gave the final event; waits out a Redis outage like `send`.
+
+        A worker can be killed after publishing `done` but before RQ records the job as finished; RQ then
+        retries it, and this check keeps the asker from getting the answer twice.
+        """
+        while True:
+            try:
+                answered = self._publisher.answered(self.request_id)
+            except redis.RedisError as error:
+                self._note_outage(error, time.monotonic())
+                time.sleep(PUBLISH_RETRY_SECONDS)
+                continue
+            self.unavailable_since = None
+            return answered
 
     def send_and_wait(self, *events: ReplyEvent) -> None:
         while not self.send(*events):

@@ -107,6 +107,9 @@ class ReplyService:
             raise RequeueRequested(self.engine.failure, started=False)
         bound = log.bind(request_id=request.request_id, attempt=attempt, persona=request.persona)
         replies = self.publisher.writer(request.request_id)
+        if replies.answered_before():
+            bound.info("already answered by an earlier attempt, not answering again")
+            return {"already_answered": True}
         replies.send_and_wait(StartEvent(attempt=attempt))
         library = self.prompts.current()  # one snapshot for the whole request, whatever reloads meanwhile
         persona = library.persona(request.persona)
