@@ -143,6 +143,7 @@ class Conversations:
         self._relays: set[asyncio.Task[None]] = set()
         self._housekeeping: asyncio.Task[None] | None = None
         self._stopping = False
+        self._stop_relaying = asyncio.Event()
 
     # ------------------------------------------------------------------ intake
     def receive(self, question: Question, reception: Reception) -> None:
@@ -447,9 +448,10 @@ class Conversations:
                 model=answer.model,
                 worker_wait_seconds=self.settings.worker_wait_seconds,
                 still_held=lambda: self.book.holds(request_id),
+                stop=self._stop_relaying,
             )
-            if outcome.status == "lost_lease":
-                return  # the process that holds the lease now finishes it
+            if outcome.status in ("stopped", "lost_lease"):
+                return  # the record stays for the next process, or another process holds it now
             if outcome.status != "done":
                 self.metrics.error(outcome.status)  # error, no_worker, unreachable, lost, timeout
             await self._count_outcome(answer, outcome.status)
@@ -543,6 +545,11 @@ class Conversations:
         if intakes:
             log.info("finishing intake before stopping", questions=len(intakes))
             await asyncio.wait(intakes, timeout=SHUTDOWN_SECONDS)
+        # Relays stop between two chat writes, so no message is posted without its id in the record (a
+        # cancelled post can land in the chat unrecorded: the next process would post it again).
+        self._stop_relaying.set()
+        if self._relays:
+            await asyncio.wait(list(self._relays), timeout=SHUTDOWN_SECONDS)
         pending = [*self._intakes, *self._relays]
         for task in pending:
             task.cancel()

@@ -168,7 +168,7 @@ class StreamingEditor:
 
 @dataclass(frozen=True)
 class RelayOutcome:
-    status: str  # "done", "error", "no_worker", "unreachable", "lost", "timeout", "lost_lease"
+    status: str  # "done", "error", "no_worker", "unreachable", "lost", "timeout", "lost_lease", "stopped"
     text: str
     finish_reason: FinishReason | None = None
 
@@ -194,6 +194,7 @@ async def relay_reply(
     after: str = "0-0",
     deadline_seconds: float | None = None,
     still_held: Callable[[], bool] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> RelayOutcome:
     """Follow the request's reply stream into the chat until `done` or `error`, or one clear error.
 
@@ -202,6 +203,8 @@ async def relay_reply(
     is cancelled and the user told, unless the job is still waiting for a busy worker.
     `still_held`: False once this process no longer holds the answer's lease; the relay then stops at
     once without touching the chat (another process relays it now).
+    `stop`: once set, the relay returns ("stopped") at its next safe point, between two chat writes, so
+    every message it posted is in the sink's state for the process that resumes the answer.
     """
     if deadline_seconds is None:
         deadline_seconds = queue.deadline_seconds + worker_wait_seconds + DEADLINE_MARGIN_SECONDS
@@ -210,6 +213,8 @@ async def relay_reply(
         async with queue.follow(request_id, after=after, watch_job=True) as follower:
             while True:
                 arrived = await follower.next(timeout=IDLE_TICK_SECONDS)
+                if stop is not None and stop.is_set():
+                    return RelayOutcome("stopped", "")
                 if relay.lease_lost():
                     return RelayOutcome("lost_lease", "")
                 outcome = await (relay.idle() if arrived is None else relay.on_event(arrived[1]))

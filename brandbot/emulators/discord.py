@@ -194,6 +194,7 @@ class DiscordEmulator:
         self.commands: dict[int | None, list[JSON]] = {}  # guild id (None: global) -> registered commands
         self._interactions: dict[str, _Interaction] = {}
         self._failures: list[_Failure] = []
+        self._slow_answers: list[tuple[str, re.Pattern[str], float]] = []
         self._sessions: list[_Session] = []
         self._conns: set[_Conn] = set()
         self._runner: web.AppRunner | None = None
@@ -343,6 +344,11 @@ class DiscordEmulator:
                 hdrs["X-RateLimit-Global"] = "true"
         hdrs.update(headers or {})
         self._failures.append(_Failure(method, re.compile(path_regex), status, body, hdrs, times))
+
+    def answer_slowly(self, method: str, path_regex: str, seconds: float) -> None:
+        """Matching REST requests (as ``requests_to``) take effect at once but answer ``seconds`` later: a
+        client stopped meanwhile never learns the id of the message it created."""
+        self._slow_answers.append((method, re.compile(path_regex), seconds))
 
     async def wait_until(self, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:  # noqa: ASYNC109
         """Poll ``predicate`` until it returns something truthy, and return that."""
@@ -785,9 +791,13 @@ class DiscordEmulator:
         for methods, handler, match in matched:
             if req.method in methods:
                 try:
-                    return await handler(req, match)
+                    response = await handler(req, match)
                 except ApiError as exc:
                     return _json(exc.status, exc.body)
+                for method, pattern, seconds in self._slow_answers:
+                    if method in ("*", req.method) and pattern.fullmatch(path):
+                        await asyncio.sleep(seconds)
+                return response
         if matched:
             return _json(405, {"message": "405: Method Not Allowed", "code": 0})
         return _json(404, {"message": "404: Not Found", "code": 0})
