@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 import redis
 
+from bots.relay import STREAMING_CURSOR
 from brandbot import keys
 
 
 def inflight_records(client: redis.Redis, platform: str) -> int:
     """How many answers of `platform` have an in-flight record (one key each)."""
     return sum(1 for _ in client.scan_iter(match=keys.inflight_record(platform, "*")))
+
+
+CLOSING_FENCE = re.compile(r"\n`{3,}\Z")
+
+
+def shows_cursor(text: str) -> bool:
+    """An answer still being written: its cursor ends the text, or the fence a split part closes after it."""
+    return CLOSING_FENCE.sub("", text).endswith(STREAMING_CURSOR)

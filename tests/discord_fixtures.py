@@ -27,7 +27,6 @@ from rq.serializers import JSONSerializer
 
 from bots.access import AccessRules, RateLimit
 from bots.discord import BrandBot, build_discord_bot
-from bots.relay import STREAMING_CURSOR
 from brandbot import keys, messages
 from brandbot.contract import (
     DeltaEvent,
@@ -45,6 +44,7 @@ from brandbot.emulators.discord import DiscordEmulator, make_user
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.queue import RequestQueue
 from brandbot.settings import Settings
+from tests.core_fixtures import shows_cursor
 from worker.replies import ReplyPublisher
 
 JSON = dict[str, Any]
@@ -182,7 +182,7 @@ class RunningBot:
 
 
 def is_in_progress(text: str) -> bool:
-    return text.endswith(STREAMING_CURSOR) or text.startswith(messages.THINKING)
+    return shows_cursor(text) or text.startswith(messages.THINKING)
 
 
 @asynccontextmanager

@@ -22,7 +22,6 @@ from rq.serializers import JSONSerializer
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
 from bots.access import AccessRules
-from bots.relay import STREAMING_CURSOR
 from bots.slack import SlackApp, build_slack_app
 from bots.slack.blocks import FEEDBACK_GOOD_ACTION, STOP_ACTION
 from bots.slack.http_mode import serve_http
@@ -42,6 +41,7 @@ from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.queue import RequestQueue
 from brandbot.settings import Settings, SlackMode
 from tests.conftest import free_port
+from tests.core_fixtures import shows_cursor
 from worker.replies import ReplyPublisher
 
 SIGNING_SECRET = "test-signing-secret"
@@ -85,9 +85,7 @@ def button_value(message: Message, action_id: str) -> str:
 def settled(message: Message) -> bool:
     """Not streaming, no Stop button, no cursor: nothing will change it any more."""
     return (
-        not message.streaming
-        and STOP_ACTION not in buttons(message)
-        and not visible(message).endswith(STREAMING_CURSOR)
+        not message.streaming and STOP_ACTION not in buttons(message) and not shows_cursor(visible(message))
     )
 
 
