@@ -10,23 +10,19 @@ fails on a machine without CUDA, so importing this module must stay cheap and sa
 
 from __future__ import annotations
 
-import itertools
 import json
-import queue
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from brandbot.contract import FinishReason
-from brandbot.errors import EngineDied, EngineLoadError
+from brandbot.errors import EngineLoadError
 from brandbot.logs import get_logger
-from worker.engines.base import Engine, GenerationResult, GenerationStream, SamplingSettings
+from worker.engines.base import SamplingSettings
+from worker.engines.dynamic_jobs import DynamicJobEngine, QueuedRequest, import_gpu_library, import_torch
 
 log = get_logger(__name__)
 
-IDLE_WAIT_SECONDS = 0.05
 PAGE_TOKENS = 256  # exllamav2's PAGED_PAGE_SIZE: the cache length must be a multiple of it, paged or not
 MAX_CHUNK_TOKENS = 2048  # prompt tokens ingested per forward pass (exllamav2's default max_input_len)
 MAX_Q_SIZE = 8  # the generator's default max_q_size; bounds the batch size with max_input_len
@@ -111,52 +107,11 @@ def model_eos_ids(model_dir: Path) -> set[int]:
     return ids
 
 
-def _import_torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise EngineLoadError("the GPU engine needs torch and exllamav2: pip install '.[gpu]'") from None
-    return torch
-
-
-def _import_exllamav2() -> Any:
-    """Import exllamav2 (which builds or loads its CUDA extension now) or say in one line what to do."""
-    try:
-        import exllamav2
-        import exllamav2.attn
-        import exllamav2.generator
-    except ImportError as error:
-        if (error.name or "").split(".")[0] == "exllamav2":
-            raise EngineLoadError(
-                "exllamav2 is not installed: pip install '.[gpu]' (or use BRANDBOT_ENGINE=transformers)"
-            ) from None
-        raise EngineLoadError(f"exllamav2 cannot be imported ({error}): pip install '.[gpu]'") from None
-    except Exception as error:
-        first_line = f"{type(error).__name__}: {error}".splitlines()[0]
-        raise EngineLoadError(
-            f"exllamav2's CUDA extension failed to build or load ({first_line}):"
-            " check that the CUDA toolkit matches torch's CUDA version"
-        ) from None
-    return exllamav2
-
-
 def _round_up(tokens: int) -> int:
     return -(-tokens // PAGE_TOKENS) * PAGE_TOKENS
 
 
-@dataclass
-class _Request:
-    stream: GenerationStream
-    sampling: SamplingSettings
-    input_ids: Any  # torch.LongTensor of shape (1, prompt_tokens), on the CPU as the job requires
-    prompt_tokens: int
-    max_new_tokens: int
-    job: Any = None
-    parts: list[str] = field(default_factory=list)
-    first_token_at: float | None = None
-
-
-class ExLlamaV2Engine(Engine):
+class ExLlamaV2Engine(DynamicJobEngine):
     name = "exllamav2"
 
     def __init__(
@@ -173,10 +128,10 @@ class ExLlamaV2Engine(Engine):
         check_model_folder(model_dir)
         if cache_type not in CACHE_CLASSES:
             raise EngineLoadError(f"unknown cache type {cache_type!r}: use one of {', '.join(CACHE_CLASSES)}")
-        torch = _import_torch()
+        torch = import_torch("exllamav2")
         if not torch.cuda.is_available():
             raise EngineLoadError(NO_CUDA)
-        exllamav2 = _import_exllamav2()
+        exllamav2 = import_gpu_library("exllamav2", "attn", "generator")
         from exllamav2 import attn as exl_attn
         from exllamav2.generator import ExLlamaV2DynamicGenerator, ExLlamaV2DynamicJob, ExLlamaV2Sampler
 
@@ -241,14 +196,7 @@ class ExLlamaV2Engine(Engine):
             raise EngineLoadError(message) from None
         self._stop_ids = self._end_token_ids(model_dir)
 
-        self._incoming: queue.SimpleQueue[_Request] = queue.SimpleQueue()
-        self._active: dict[int, _Request] = {}
-        self._wake = threading.Event()
-        self._closing = threading.Event()
-        self._closed = False
-        self._accepting = True
-        self._accepting_lock = threading.Lock()
-        self._start_generation_thread(self._run)
+        self._start_job_loop()
         log.info(
             "exllamav2 engine loaded",
             mode=self.mode,
@@ -259,47 +207,27 @@ class ExLlamaV2Engine(Engine):
             stop_token_ids=self._stop_ids,
         )
 
-    # -- Engine interface ------------------------------------------------------------------------------
-    def count_tokens(self, text: str) -> int:
+    # -- DynamicJobEngine ----------------------------------------------------------------------------
+    def _encode(self, text: str) -> Any:
         # Rendered prompts contain the template's special tokens, which must count as one token each.
-        return int(self._tokenizer.encode(text, encode_special_tokens=True).shape[-1])
+        return self._tokenizer.encode(text, add_bos=False, encode_special_tokens=True)
 
-    def submit(self, prompt: str, sampling: SamplingSettings, *, deadline_seconds: float) -> GenerationStream:
-        stream = GenerationStream(deadline_seconds)
-        # add_bos=False: the chat template renders BOS itself.
-        input_ids = self._tokenizer.encode(prompt, add_bos=False, encode_special_tokens=True)
-        prompt_tokens = int(input_ids.shape[-1])
-        room = self.context_length - prompt_tokens
-        if prompt_tokens == 0 or room < 1:
-            stream.fail(ValueError(f"prompt of {prompt_tokens} tokens does not fit {self.context_length}"))
-            return stream
-        # The generator does not check the context window per job, so cap the answer to what is left.
-        max_new = max(1, min(sampling.max_new_tokens, room))
-        with self._accepting_lock:  # once the engine thread has stopped, nothing may wait in the queue
-            if self.failure is not None:
-                stream.fail(EngineDied(self.failure))
-                return stream
-            if not self._accepting:
-                stream.fail(RuntimeError("the exllamav2 engine is closed"))
-                return stream
-            self._incoming.put(_Request(stream, sampling, input_ids, prompt_tokens, max_new))
-        self._wake.set()
-        return stream
+    def _new_job(self, request: QueuedRequest, key: int) -> Any:
+        return self._job_class(
+            input_ids=request.input_ids,
+            max_new_tokens=request.max_new_tokens,
+            gen_settings=self._settings_class(**sampler_settings(request.sampling)),
+            seed=request.sampling.seed,
+            stop_conditions=[*self._stop_ids, *(s for s in request.sampling.stop_strings if s)],
+            # Case-insensitive, across tokens, held back until resolved: the library's own rollback.
+            banned_strings=list(request.sampling.banned_phrases) or None,
+            identifier=key,
+        )
 
-    def in_flight(self) -> int:
-        return len(self._active) + self._incoming.qsize()
+    def _new_tokens(self, request: QueuedRequest) -> int:
+        return int(request.job.new_tokens)
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._closing.set()
-        self._wake.set()
-        assert self._thread is not None
-        self._thread.join(timeout=30)
-        if self._thread.is_alive():  # stuck in a CUDA call: freeing the model under it would crash
-            log.warning("exllamav2 engine thread did not stop; model left loaded")
-            return
+    def _release(self) -> None:
         for pool in (
             getattr(self._generator, "sampling_pool", None),
             getattr(self._generator, "filter_pool", None),
@@ -353,83 +281,7 @@ class ExLlamaV2Engine(Engine):
             return f"cannot load the model in {model_dir}: {text}".splitlines()[0]
         return None
 
-    # -- the generation thread -------------------------------------------------------------------------
-    def _run(self) -> None:
-        keys = itertools.count()
-        while not self._closing.is_set():
-            self._admit(keys)
-            self._enforce_limits()
-            if not self._active:
-                self._wake.wait(IDLE_WAIT_SECONDS)
-                self._wake.clear()
-                continue
-            try:
-                results = self._generator.iterate()
-            except Exception as error:  # which job broke is unknown: fail them all, start clean
-                for key in list(self._active):
-                    self._active.pop(key).stream.fail(error)
-                self._generator.clear_queue()
-                continue
-            for result in results:
-                self._route(result)
-        # Closing: running answers end with what they have; nothing may wait in the queue.
-        for key, request in list(self._active.items()):
-            self._finish(key, FinishReason.CANCELLED, int(request.job.new_tokens))
-        self._refuse_waiting(RuntimeError("the exllamav2 engine is closed"))
-
-    def _fail_every_stream(self, error: EngineDied) -> None:
-        for request in self._active.values():
-            request.stream.fail(error)
-        self._active.clear()
-        self._refuse_waiting(error)
-
-    def _refuse_waiting(self, error: Exception) -> None:
-        with self._accepting_lock:
-            self._accepting = False
-        while True:
-            try:
-                self._incoming.get_nowait().stream.fail(error)
-            except queue.Empty:
-                break
-
-    def _admit(self, keys: itertools.count[int]) -> None:
-        while True:
-            try:
-                request = self._incoming.get_nowait()
-            except queue.Empty:
-                return
-            key = next(keys)
-            try:
-                request.job = self._job_class(
-                    input_ids=request.input_ids,
-                    max_new_tokens=request.max_new_tokens,
-                    gen_settings=self._settings_class(**sampler_settings(request.sampling)),
-                    seed=request.sampling.seed,
-                    stop_conditions=[*self._stop_ids, *(s for s in request.sampling.stop_strings if s)],
-                    # Case-insensitive, across tokens, held back until resolved: the library's own rollback.
-                    banned_strings=list(request.sampling.banned_phrases) or None,
-                    identifier=key,
-                )
-                self._generator.enqueue(request.job)
-            except Exception as error:  # e.g. the job cannot fit the cache: fail this request only
-                request.stream.fail(error)
-                continue
-            self._active[key] = request
-
-    def _enforce_limits(self) -> None:
-        now = time.monotonic()
-        for key, request in list(self._active.items()):
-            if request.stream.cancelled:
-                self._stop(key, FinishReason.CANCELLED)
-            elif now >= request.stream.deadline_at:
-                self._stop(key, FinishReason.DEADLINE)
-
-    def _stop(self, key: int, reason: FinishReason) -> None:
-        """Cancel a running or pending job; the stream ends with the text streamed so far."""
-        request = self._active[key]
-        self._generator.cancel(request.job)
-        self._finish(key, reason, int(request.job.new_tokens))
-
+    # -- the generation thread ----------------------------------------------------------------------
     def _route(self, result: dict[str, Any]) -> None:
         key = result.get("identifier")
         if not isinstance(key, int) or key not in self._active:
@@ -457,25 +309,4 @@ class ExLlamaV2Engine(Engine):
         self._emit(request, text)
         self._finish(
             key, FinishReason.LENGTH if reason == "max_new_tokens" else FinishReason.STOP, completion_tokens
-        )
-
-    @staticmethod
-    def _emit(request: _Request, text: str) -> None:
-        if text:
-            request.parts.append(text)
-            request.stream.put_delta(text)
-
-    def _finish(self, key: int, reason: FinishReason, completion_tokens: int) -> None:
-        request = self._active.pop(key)
-        started = request.stream.submitted_at
-        first = request.first_token_at
-        request.stream.finish(
-            GenerationResult(
-                finish_reason=reason,
-                text="".join(request.parts),
-                prompt_tokens=request.prompt_tokens,
-                completion_tokens=max(completion_tokens, 0),
-                time_to_first_token_ms=(first - started) * 1000 if first is not None else None,
-                total_ms=(time.monotonic() - started) * 1000,
-            )
         )

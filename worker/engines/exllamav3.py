@@ -16,23 +16,20 @@ engine class is pure and tested on CPU.
 
 from __future__ import annotations
 
-import itertools
-import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from brandbot.contract import FinishReason
-from brandbot.errors import EngineDied, EngineLoadError
+from brandbot.errors import EngineLoadError
 from brandbot.logs import get_logger
-from worker.engines.base import Engine, GenerationResult, GenerationStream, SamplingSettings
+from worker.engines.base import SamplingSettings
+from worker.engines.dynamic_jobs import DynamicJobEngine, QueuedRequest, import_gpu_library, import_torch
 from worker.engines.exllamav2 import END_OF_TURN_TOKENS, model_eos_ids
 
 log = get_logger(__name__)
 
-IDLE_WAIT_SECONDS = 0.05
 PAGE_TOKENS = 256  # exllamav3's PAGE_SIZE (constants.py): cache sizes are multiples of it
 MAX_CHUNK_TOKENS = 2048  # prompt tokens ingested per forward pass (the generator's max_chunk_size default)
 MAX_BATCH = 256  # jobs one exllamav3 batch holds
@@ -134,47 +131,7 @@ def _round_up(tokens: int) -> int:
     return -(-tokens // PAGE_TOKENS) * PAGE_TOKENS
 
 
-def _import_torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise EngineLoadError("the GPU engine needs torch and exllamav3: pip install '.[gpu]'") from None
-    return torch
-
-
-def _import_exllamav3() -> Any:
-    """Import exllamav3 (which builds or loads its CUDA extension now) or say in one line what to do."""
-    try:
-        import exllamav3
-        import exllamav3.generator.sampler
-    except ImportError as error:
-        if (error.name or "").split(".")[0] == "exllamav3":
-            raise EngineLoadError(
-                "exllamav3 is not installed: pip install '.[gpu]' (or use BRANDBOT_ENGINE=transformers)"
-            ) from None
-        raise EngineLoadError(f"exllamav3 cannot be imported ({error}): pip install '.[gpu]'") from None
-    except Exception as error:
-        first_line = f"{type(error).__name__}: {error}".splitlines()[0]
-        raise EngineLoadError(
-            f"exllamav3's CUDA extension failed to build or load ({first_line}):"
-            " check that the CUDA toolkit matches torch's CUDA version"
-        ) from None
-    return exllamav3
-
-
-@dataclass
-class _Request:
-    stream: GenerationStream
-    sampling: SamplingSettings
-    input_ids: Any  # torch.LongTensor of shape (1, prompt_tokens), on the CPU as the job requires
-    prompt_tokens: int
-    max_new_tokens: int
-    job: Any = None
-    parts: list[str] = field(default_factory=list)
-    first_token_at: float | None = None
-
-
-class ExLlamaV3Engine(Engine):
+class ExLlamaV3Engine(DynamicJobEngine):
     name = "exllamav3"
 
     def __init__(
@@ -190,10 +147,10 @@ class ExLlamaV3Engine(Engine):
         if not model_dir.is_dir():
             raise EngineLoadError(f"{model_dir} does not exist: check BRANDBOT_MODEL_DIR")
         layer_options = cache_layer_options(cache_type)
-        torch = _import_torch()
+        torch = import_torch("exllamav3")
         if not torch.cuda.is_available():
             raise EngineLoadError(NO_CUDA)
-        exllamav3 = _import_exllamav3()
+        exllamav3 = import_gpu_library("exllamav3", "generator.sampler")
         sampler_module = exllamav3.generator.sampler
         self._torch = torch
         self._job_class = exllamav3.Job
@@ -251,14 +208,7 @@ class ExLlamaV3Engine(Engine):
         self.mode = batching_mode(batch)
         self._stop_ids = self._end_token_ids(model_dir, config)
 
-        self._incoming: queue.SimpleQueue[_Request] = queue.SimpleQueue()
-        self._active: dict[int, _Request] = {}
-        self._wake = threading.Event()
-        self._closing = threading.Event()
-        self._closed = False
-        self._accepting = True
-        self._accepting_lock = threading.Lock()
-        self._start_generation_thread(self._run)
+        self._start_job_loop()
         log.info(
             "exllamav3 engine loaded",
             mode=self.mode,
@@ -269,53 +219,33 @@ class ExLlamaV3Engine(Engine):
             stop_token_ids=self._stop_ids,
         )
 
-    # -- Engine interface ------------------------------------------------------------------------------
-    def count_tokens(self, text: str) -> int:
+    # -- DynamicJobEngine ----------------------------------------------------------------------------
+    def _encode(self, text: str) -> Any:
         # Rendered prompts contain the template's special tokens, which must count as one token each. User
         # text inside them cannot become special tokens: the prompt builder neutralises it before rendering.
-        return int(self._encode(text).shape[-1])
-
-    def _encode(self, text: str) -> Any:
         # exllamav3's Tokenizer switches its backend's special-token mode per call (encode_part_base), so
         # the worker's slot threads take turns; add_bos=False: the chat template renders BOS itself.
         with self._tokenizer_lock:
             return self._tokenizer.encode(text, add_bos=False, encode_special_tokens=True)
 
-    def submit(self, prompt: str, sampling: SamplingSettings, *, deadline_seconds: float) -> GenerationStream:
-        stream = GenerationStream(deadline_seconds)
-        input_ids = self._encode(prompt)
-        prompt_tokens = int(input_ids.shape[-1])
-        room = self.context_length - prompt_tokens
-        if prompt_tokens == 0 or room < 1:
-            stream.fail(ValueError(f"prompt of {prompt_tokens} tokens does not fit {self.context_length}"))
-            return stream
-        # The generator caps an answer to the cache's room, not to the model's context window.
-        max_new = max(1, min(sampling.max_new_tokens, room))
-        with self._accepting_lock:  # once the engine thread has stopped, nothing may wait in the queue
-            if self.failure is not None:
-                stream.fail(EngineDied(self.failure))
-                return stream
-            if not self._accepting:
-                stream.fail(RuntimeError("the exllamav3 engine is closed"))
-                return stream
-            self._incoming.put(_Request(stream, sampling, input_ids, prompt_tokens, max_new))
-        self._wake.set()
-        return stream
+    def _new_job(self, request: QueuedRequest, key: int) -> Any:
+        sampling = request.sampling
+        return self._job_class(
+            input_ids=request.input_ids,
+            max_new_tokens=request.max_new_tokens,
+            sampler=self._sampler_class(**sampler_options(sampling)),
+            seed=sampling.seed,
+            stop_conditions=[*self._stop_ids, *(s for s in sampling.stop_strings if s)],
+            banned_strings=[p for p in sampling.banned_phrases if p] or None,
+            decode_special_tokens=False,
+            identifier=key,
+        )
 
-    def in_flight(self) -> int:
-        return len(self._active) + self._incoming.qsize()
+    def _new_tokens(self, request: QueuedRequest) -> int:
+        job = request.job
+        return int(getattr(job, "rq_new_tokens", 0)) + max(int(getattr(job, "new_tokens", 0)), 0)
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._closing.set()
-        self._wake.set()
-        assert self._thread is not None
-        self._thread.join(timeout=30)
-        if self._thread.is_alive():  # stuck in a CUDA call: freeing the model under it would crash
-            log.warning("exllamav3 engine thread did not stop; model left loaded")
-            return
+    def _release(self) -> None:
         self._generator.close()  # its thread pool and pinned buffers; the model stays until unload
         self._model.unload()
         self._generator = None
@@ -347,89 +277,7 @@ class ExLlamaV3Engine(Engine):
             return f"cannot load the model in {model_dir}: {text}".splitlines()[0]
         return None
 
-    # -- the generation thread -------------------------------------------------------------------------
-    def _run(self) -> None:
-        keys = itertools.count()
-        while not self._closing.is_set():
-            self._admit(keys)
-            self._enforce_limits()
-            if not self._active:
-                self._wake.wait(IDLE_WAIT_SECONDS)
-                self._wake.clear()
-                continue
-            try:
-                results = self._generator.iterate()
-            except Exception as error:  # which job broke is unknown: fail them all, start clean
-                for key in list(self._active):
-                    self._active.pop(key).stream.fail(error)
-                self._generator.clear_queue()
-                continue
-            for result in results:
-                self._route(result)
-        # Closing: running answers end with what they have; nothing may wait in the queue.
-        for key in list(self._active):
-            self._finish(key, FinishReason.CANCELLED, self._new_tokens(self._active[key]))
-        self._refuse_waiting(RuntimeError("the exllamav3 engine is closed"))
-
-    def _fail_every_stream(self, error: EngineDied) -> None:
-        for request in self._active.values():
-            request.stream.fail(error)
-        self._active.clear()
-        self._refuse_waiting(error)
-
-    def _refuse_waiting(self, error: Exception) -> None:
-        with self._accepting_lock:
-            self._accepting = False
-        while True:
-            try:
-                self._incoming.get_nowait().stream.fail(error)
-            except queue.Empty:
-                break
-
-    def _admit(self, keys: itertools.count[int]) -> None:
-        while True:
-            try:
-                request = self._incoming.get_nowait()
-            except queue.Empty:
-                return
-            key = next(keys)
-            sampling = request.sampling
-            try:
-                request.job = self._job_class(
-                    input_ids=request.input_ids,
-                    max_new_tokens=request.max_new_tokens,
-                    sampler=self._sampler_class(**sampler_options(sampling)),
-                    seed=sampling.seed,
-                    stop_conditions=[*self._stop_ids, *(s for s in sampling.stop_strings if s)],
-                    banned_strings=[p for p in sampling.banned_phrases if p] or None,
-                    decode_special_tokens=False,
-                    identifier=key,
-                )
-                self._generator.enqueue(request.job)
-            except Exception as error:  # e.g. the job cannot fit the cache: fail this request only
-                request.stream.fail(error)
-                continue
-            self._active[key] = request
-
-    def _enforce_limits(self) -> None:
-        now = time.monotonic()
-        for key, request in list(self._active.items()):
-            if request.stream.cancelled:
-                self._stop(key, FinishReason.CANCELLED)
-            elif now >= request.stream.deadline_at:
-                self._stop(key, FinishReason.DEADLINE)
-
-    def _stop(self, key: int, reason: FinishReason) -> None:
-        """Cancel a running or pending job; the stream ends with the text streamed so far."""
-        request = self._active[key]
-        self._generator.cancel(request.job)
-        self._finish(key, reason, self._new_tokens(request))
-
-    @staticmethod
-    def _new_tokens(request: _Request) -> int:
-        job = request.job
-        return int(getattr(job, "rq_new_tokens", 0)) + max(int(getattr(job, "new_tokens", 0)), 0)
-
+    # -- the generation thread ----------------------------------------------------------------------
     def _route(self, result: dict[str, Any]) -> None:
         # An "error" result (a job the generator reaped) carries the job but no identifier.
         key = result.get("identifier", getattr(result.get("job"), "identifier", None))
@@ -454,24 +302,3 @@ class ExLlamaV3Engine(Engine):
         request.prompt_tokens = int(result.get("prompt_tokens", request.prompt_tokens))
         self._emit(request, final_text(result))
         self._finish(key, finish_reason(result), completion_tokens(result, self._new_tokens(request)))
-
-    @staticmethod
-    def _emit(request: _Request, text: str) -> None:
-        if text:
-            request.parts.append(text)
-            request.stream.put_delta(text)
-
-    def _finish(self, key: int, reason: FinishReason, completion_tokens: int) -> None:
-        request = self._active.pop(key)
-        started = request.stream.submitted_at
-        first = request.first_token_at
-        request.stream.finish(
-            GenerationResult(
-                finish_reason=reason,
-                text="".join(request.parts),
-                prompt_tokens=request.prompt_tokens,
-                completion_tokens=max(completion_tokens, 0),
-                time_to_first_token_ms=(first - started) * 1000 if first is not None else None,
-                total_ms=(time.monotonic() - started) * 1000,
-            )
-        )
