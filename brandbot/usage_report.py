@@ -139,12 +139,12 @@ def summarise(
             name,
             counters,
             prices,
-            uptime.get(day, {}).get(name, 0) if by is GroupBy.MODEL else None,
+            uptime.get(day, {}).get(name) if by is GroupBy.MODEL else None,  # None: no uptime recorded yet
         )
         for (day, name), counters in sorted(grouped.items())
     ]
     day_totals = [
-        make_row(day, ALL_GROUPS, counters, prices, sum(uptime.get(day, {}).values()))
+        make_row(day, ALL_GROUPS, counters, prices, sum(uptime[day].values()) if uptime.get(day) else None)
         for day, counters in sorted(totals.items())
     ]
     return rows, day_totals

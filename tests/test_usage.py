@@ -201,6 +201,19 @@ def test_costs_and_percentiles_are_computed_from_the_counters(
     assert "discord" in table.stdout and "12.50" in table.stdout and "62.50" in table.stdout
 
 
+def test_before_any_uptime_is_recorded_the_wall_clock_cost_is_unknown_not_zero(
+    redis_client: redis.Redis, settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    group = UsageGroup(platform="slack", channel="C1", persona="default", model="default")
+    UsageRecorder(redis_client, retention_days=RETENTION_DAYS).record(
+        CHAT, group, {"questions": 1, "answers": 1}
+    )
+    document = usage_json(settings(usage_gpu_hour_price=2.5), tmp_path, "--by", "model", "--days", "1")
+    [row], [total] = document["rows"], document["totals"]
+    assert row["worker_hours"] is None and row["wall_cost_per_1000_answers"] is None
+    assert total["worker_hours"] is None and total["wall_cost_per_1000_answers"] is None
+
+
 async def test_each_locked_tier_records_only_its_own_usage_and_status_reads_it(
     tmp_path: Path, settings: Callable[..., Settings]
 ) -> None:
