@@ -188,6 +188,18 @@ def test_failed_jobs_are_listed_shown_requeued_and_purged_without_their_text(
     assert "secret question" not in worker_process.log()
 
 
+def test_a_worker_loading_its_model_is_alive_but_not_ready_and_says_why(
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    port = free_port()
+    loading = start_worker(wait=False, metrics_port=port, env={"BRANDBOT_TEST_LOAD_DELAY_SECONDS": "3600"})
+    wait_for_status(port, "/healthz", 200)
+    assert wait_for_status(port, "/readyz", 503).strip() == "not ready: model loaded"
+    code, _, err = cli("probe", "--ready", "--port", str(port))
+    assert code == 1 and "/readyz answered 503: not ready: model loaded" in err
+    assert loading.process.poll() is None
+
+
 def test_worker_health_and_readiness_follow_redis_and_probe_says_so(
     start_worker: Callable[..., WorkerProcess], private_redis: PrivateRedis
 ) -> None:
