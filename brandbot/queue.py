@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,11 +11,12 @@ import redis
 import redis.asyncio
 from rq import Queue, Retry
 from rq.job import Job
-from rq.serializers import JSONSerializer
+from rq.queue import EnqueueData
 from rq.utils import utcparse
 
 from brandbot import connections, keys
 from brandbot.contract import GenerationRequest, ReplyEvent
+from brandbot.enqueue_batch import EnqueueBatcher, Enqueued
 from brandbot.errors import QueueUnavailable
 from brandbot.settings import Settings
 from brandbot.streams import REDIS_OUTAGE, RIDE_OUT_SECONDS, Follower, ReplyStreams
@@ -39,7 +38,7 @@ ASYNC_POOL_CONNECTIONS = 12
 Answers being relayed no longer hold one each (`brandbot.streams`); a command waits for a free one."""
 
 SYNC_POOL_CONNECTIONS = 4
-"""Connections of the blocking client RQ needs for enqueueing (run in threads)."""
+"""Connections of the blocking client RQ needs for enqueueing (one batch at a time, in a thread)."""
 
 POOL_WAIT_SECONDS = 10.0
 """How long a command waits for a free pooled connection before it counts as Redis being unavailable."""
@@ -61,12 +60,6 @@ def unavailable_on_outage() -> Iterator[None]:
         yield
     except REDIS_OUTAGE as error:
         raise QueueUnavailable(f"redis unavailable ({type(error).__name__})") from None
-
-
-@dataclass(frozen=True)
-class Enqueued:
-    request_id: str
-    ahead: int  # requests waiting before this one on the same model queue
 
 
 class RequestQueue:
@@ -98,6 +91,7 @@ class RequestQueue:
         self._sync = sync_client
         self._async = async_client
         self._streams = ReplyStreams(self._async, ride_out_seconds=ride_out_seconds)
+        self._batcher = EnqueueBatcher(self._sync, make_job=self.job_data)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, ride_out_seconds: float = RIDE_OUT_SECONDS) -> RequestQueue:
@@ -131,32 +125,32 @@ class RequestQueue:
         return self._deadline
 
     async def close(self) -> None:
+        await self._batcher.close()
         await self._streams.close()
         await self._async.aclose()
         self._sync.close()
         self._sync.connection_pool.disconnect()
 
     async def enqueue(self, request: GenerationRequest, *, model: str) -> Enqueued:
-        with unavailable_on_outage():
-            return await asyncio.to_thread(self._enqueue_blocking, request, model)
+        """Queue the request with others taken in at the same moment (`brandbot.enqueue_batch`)."""
+        return await self._batcher.enqueue(request, model=model)
 
-    def _enqueue_blocking(self, request: GenerationRequest, model: str) -> Enqueued:
-        queue = Queue(keys.model_queue(model), connection=self._sync, serializer=JSONSerializer)
+    def job_data(self, request: GenerationRequest) -> EnqueueData:
+        """The request's RQ job: its id is the request's, and its description never the question."""
         deadline = request.limits.deadline_seconds or self._deadline
-        queue.enqueue(
+        return Queue.prepare_data(
             JOB_FUNCTION,
-            request.model_dump(mode="json"),
+            [request.model_dump(mode="json")],
             job_id=request.request_id,
             # RQ's default description is the repr of the arguments: the user's question.
             description=f"reply {request.request_id}",
-            job_timeout=int(deadline) + JOB_TIMEOUT_MARGIN_SECONDS,
+            timeout=int(deadline) + JOB_TIMEOUT_MARGIN_SECONDS,
             ttl=self._retention,
             result_ttl=self._retention,
             failure_ttl=self._retention,
             retry=Retry(max=MAX_ATTEMPTS - 1),
             meta={"max_attempts": MAX_ATTEMPTS},
         )
-        return Enqueued(request_id=request.request_id, ahead=max(queue.count - 1, 0))
 
     def follow(
         self, request_id: str, *, after: str = "0-0", watch_job: bool = True

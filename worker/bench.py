@@ -344,8 +344,8 @@ def _bench_our_path(settings: Settings, connection: redis.Redis, jobs: int) -> Q
             persona=persona,
             turns=[Turn(role=Role.USER, content=f"question {index}")],
         )
-        # The front-end's own enqueue path, minus asyncio: the same RQ call with the same options.
-        front._enqueue_blocking(request, model)
+        # The front-end's own job (its options and RQ's `enqueue_many`), minus asyncio and batching.
+        queue.enqueue_many([front.job_data(request)])
         return request.request_id
 
     queue = worker.queue

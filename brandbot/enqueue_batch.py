@@ -1,0 +1,158 @@
+"""Group commit for the front-end's enqueues: questions taken in while one write is under way go to Redis
+together, in one transaction, as ordinary RQ jobs (`Queue.enqueue_many`).
+
+A burst of mentions then costs a few round trips instead of one (plus RQ's own look-ups) per question,
+and one thread instead of a pool of them. Writes run one after another, so questions reach each queue
+in the order they were taken in; each learns its place in the queue from that same transaction.
+
+```python
+batcher = EnqueueBatcher(sync_client, make_job=job_data)
+enqueued = await batcher.enqueue(request, model="default")   # waits for its batch's write
+await batcher.close()
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.queue import EnqueueData
+from rq.serializers import JSONSerializer
+
+from brandbot import keys
+from brandbot.contract import GenerationRequest
+from brandbot.errors import QueueUnavailable
+from brandbot.streams import REDIS_OUTAGE
+
+GATHER_SECONDS = 0.002
+"""After the first question of a batch arrives, how long to wait for others before writing."""
+
+MAX_BATCH = 256
+"""Questions per write at most (one MULTI/EXEC); more wait for the next write."""
+
+JobData = Callable[[GenerationRequest], EnqueueData]
+"""Makes the RQ job of one request (`Queue.prepare_data` with the job's id, timeouts, retries, TTLs)."""
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    request_id: str
+    ahead: int  # requests waiting before this one on the same model queue
+
+
+@dataclass
+class _Waiting:
+    request: GenerationRequest
+    model: str
+    future: asyncio.Future[Enqueued]
+
+
+class EnqueueBatcher:
+    """Writes the questions of a burst to their model queues in as few transactions as it can."""
+
+    def __init__(
+        self,
+        connection: redis.Redis,
+        *,
+        make_job: JobData,
+        gather_seconds: float = GATHER_SECONDS,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        self._redis = connection
+        self._make_job = make_job
+        self._gather = gather_seconds
+        self._max_batch = max_batch
+        self._queues: dict[str, Queue] = {}  # one per model: RQ asks the server's version once per Queue
+        self._waiting: list[_Waiting] = []
+        self._arrived = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def enqueue(self, request: GenerationRequest, *, model: str) -> Enqueued:
+        """Queue `request` with the next write; `QueueUnavailable` when Redis cannot take it."""
+        if self._closed:
+            raise QueueUnavailable("the queue is closed")
+        future: asyncio.Future[Enqueued] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Waiting(request, model, future))
+        self._arrived.set()
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_forever(), name="brandbot-enqueue")
+        return await future
+
+    async def close(self) -> None:
+        """Write what is waiting, then stop."""
+        self._closed = True
+        self._arrived.set()
+        if self._writer is not None:
+            await self._writer
+
+    async def _write_forever(self) -> None:
+        while self._waiting or not self._closed:
+            if not self._waiting:
+                await self._arrived.wait()
+                self._arrived.clear()
+                continue
+            if len(self._waiting) < self._max_batch and not self._closed:
+                await asyncio.sleep(self._gather)  # let the rest of a burst join this write
+            batch = self._next_batch()
+            try:
+                placed = await asyncio.to_thread(self._write, [(w.request, w.model) for w in batch])
+            except REDIS_OUTAGE as error:
+                self._fail(batch, QueueUnavailable(f"redis unavailable ({type(error).__name__})"))
+            except Exception as error:  # a bug must reach the asker's intake, not end the writer
+                self._fail(batch, error)
+            else:
+                for waiting, enqueued in zip(batch, placed, strict=True):
+                    if not waiting.future.done():
+                        waiting.future.set_result(enqueued)
+
+    def _next_batch(self) -> list[_Waiting]:
+        """The oldest questions, up to `max_batch`, none twice (RQ's `enqueue_many` refuses a repeated id)."""
+        batch: list[_Waiting] = []
+        seen: set[str] = set()
+        for waiting in self._waiting:
+            if len(batch) == self._max_batch:
+                break
+            if waiting.request.request_id in seen:
+                break  # it waits for the next write, behind its twin
+            seen.add(waiting.request.request_id)
+            batch.append(waiting)
+        del self._waiting[: len(batch)]
+        return batch
+
+    @staticmethod
+    def _fail(batch: list[_Waiting], error: BaseException) -> None:
+        for waiting in batch:
+            if not waiting.future.done():
+                waiting.future.set_exception(error)
+
+    def _queue(self, model: str) -> Queue:
+        queue = self._queues.get(model)
+        if queue is None:
+            queue = Queue(keys.model_queue(model), connection=self._redis, serializer=JSONSerializer)
+            self._queues[model] = queue
+        return queue
+
+    def _write(self, batch: list[tuple[GenerationRequest, str]]) -> list[Enqueued]:
+        """One transaction: every job of the batch, then each queue's length, to place each job in it."""
+        by_model: dict[str, list[GenerationRequest]] = {}
+        for request, model in batch:
+            by_model.setdefault(model, []).append(request)
+        with self._redis.pipeline(transaction=True) as pipe:
+            for model, requests in by_model.items():
+                queue = self._queue(model)
+                queue.enqueue_many([self._make_job(request) for request in requests], pipeline=pipe)
+            for model in by_model:
+                pipe.llen(self._queue(model).key)
+            lengths: list[Any] = pipe.execute()[-len(by_model) :]
+        ahead: dict[str, int] = {}
+        for requests, length in zip(by_model.values(), lengths, strict=True):
+            # The transaction pushed this model's jobs last, in order: the i-th has length - n + i before it.
+            for index, request in enumerate(requests):
+                ahead[request.request_id] = max(int(length) - len(requests) + index, 0)
+        return [Enqueued(request.request_id, ahead[request.request_id]) for request, _ in batch]
