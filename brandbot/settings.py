@@ -127,6 +127,13 @@ class Settings(BaseSettings):
         description="Base of every Slack Web API call (GovSlack, a proxy or a test emulator).",
     )
     slack_mode: SlackMode = Field(SlackMode.SOCKET, description="`socket` (no public URL) or `http`.")
+    slack_socket_connections: int = Field(
+        1,
+        ge=1,
+        le=10,
+        description="Socket Mode connections this process keeps open (Slack allows 10 per app and spreads"
+        " events over them): a burst of mentions is read and acknowledged over several at once.",
+    )
     slack_http_port: int = Field(3000, ge=1, le=65535, description="Port of the HTTP Events API endpoint.")
     slack_http_host: str = Field(
         "0.0.0.0", description="Address the HTTP Events API endpoint listens on (HTTP mode)."

@@ -74,6 +74,42 @@ def answers_in(slack: SlackEmulator, asked: list[str]) -> dict[str, list[Message
     return {ts: [m for m in slack.messages_in("C1", ts) if m.user == slack.bot_user_id] for ts in asked}
 
 
+@pytest.mark.timeout(300)  # a real worker answers the burst on a shared CPU
+async def test_a_slack_front_end_reads_events_over_several_socket_mode_connections(
+    slack_emulator: SlackEmulator,
+    settings: Callable[..., Settings],
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    slack = slack_emulator
+    slack.spread_envelopes = True  # as Slack does: each event down one of the app's connections
+    base = front_end_settings(slack, settings(slack_socket_connections=3))
+    short_answers(base.prompts_dir)
+    start_worker(worker_concurrency=4)
+    asked: list[str] = []
+    async with front_end("slack", base, tmp_path / "slack.log") as running:
+        await slack.wait_until(lambda: slack.open_connections == 3, timeout=60, what="three connections")
+        for number in range(9):
+            message, envelope = await slack.send_user_message(
+                channel="C1",
+                user=f"U{number}",
+                text=f"<@{slack.bot_user_id}> q {number}",
+                event_type="app_mention",
+            )
+            await slack.wait_for_ack(envelope)
+            asked.append(message.ts)
+        await slack.wait_until(
+            lambda: all(
+                len(replies) == 1 and is_final_answer(replies[0])
+                for replies in answers_in(slack, asked).values()
+            ),
+            timeout=180,
+            what="every question answered once",
+        )
+        assert sorted(slack.envelopes_per_connection.values()) == [3, 3, 3]  # each connection read its share
+        assert await running.stop() == 0
+
+
 @pytest.mark.timeout(300)  # a real worker answers the whole burst on a shared CPU
 async def test_a_slack_front_end_stopped_mid_intake_leaves_no_question_unanswered(
     slack_emulator: SlackEmulator,

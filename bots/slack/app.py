@@ -215,15 +215,22 @@ async def _serve(app: SlackApp, settings: Settings) -> None:
             await runner.cleanup()
         return
     assert settings.slack_app_token is not None
-    handler = AsyncSocketModeHandler(app, settings.slack_app_token.get_secret_value())
-    client = handler.client
+    token = settings.slack_app_token.get_secret_value()
+    handlers = [AsyncSocketModeHandler(app, token) for _ in range(settings.slack_socket_connections)]
 
     def connected() -> bool:
-        session = client.current_session
-        return not client.closed and session is not None and not session.closed
+        return any(_open(handler.client) for handler in handlers)
 
     app.connected = connected
     try:
-        await handler.start_async()
+        for handler in handlers:
+            await handler.connect_async()
+        await asyncio.Event().wait()
     finally:
-        await handler.close_async()
+        for handler in handlers:
+            await handler.close_async()
+
+
+def _open(client: Any) -> bool:
+    session = client.current_session
+    return not client.closed and session is not None and not session.closed

@@ -106,9 +106,14 @@ class SlackEmulator:
         self.suggested_prompts: dict[tuple[str, str], list[Any]] = {}
         self.connections_total = 0  # websocket connections ever accepted (each got a hello)
         self.latency: dict[str, float] = {}  # seconds a Web API method takes to answer (a slow Slack)
+        # Slack sends each envelope down one of an app's connections; False: down every one (replicas that
+        # all hear every event, the worst case for de-duplication).
+        self.spread_envelopes = False
+        self.envelopes_per_connection: dict[int, int] = {}  # connection number -> envelopes sent down it
         self._messages: dict[tuple[str, str], Message] = {}
         self._failures: dict[str, list[SlackError]] = {}
         self._sockets: dict[web.WebSocketResponse, web.Request] = {}
+        self._numbers: dict[web.WebSocketResponse, int] = {}  # each connection's number, from 1
         self._tickets: set[str] = set()
         self._last_ts = 1_700_000_000_000_000
         self._event_seq = 0
@@ -192,6 +197,11 @@ class SlackEmulator:
         """Make the next ``times`` calls to ``method`` answer ``{"ok": false, "error": error}``."""
         self._failures.setdefault(method, []).extend(SlackError(error, status, headers) for _ in range(times))
 
+    @property
+    def open_connections(self) -> int:
+        """Socket Mode connections open now."""
+        return len(self._sockets)
+
     async def wait_until(
         self,
         predicate: Callable[[], bool],
@@ -262,7 +272,10 @@ class SlackEmulator:
             **extra,
         }
         self.envelopes.append(envelope)
-        await self._broadcast(envelope)
+        if self.spread_envelopes:
+            await self._send_to_one(envelope)
+        else:
+            await self._broadcast(envelope)
         return str(envelope["envelope_id"])
 
     async def send_event(
@@ -322,6 +335,18 @@ class SlackEmulator:
             else:
                 await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
 
+    async def _send_to_one(self, frame: dict[str, Any]) -> None:
+        """Down the next connection in turn (as Slack spreads events over an app's connections)."""
+        sockets = list(self._sockets)
+        ws = sockets[len(self.envelopes) % len(sockets)]
+        try:
+            await ws.send_str(json.dumps(frame))
+        except ConnectionError:
+            self._sockets.pop(ws, None)
+            return
+        number = self._numbers[ws]
+        self.envelopes_per_connection[number] = self.envelopes_per_connection.get(number, 0) + 1
+
     async def _broadcast(self, frame: dict[str, Any]) -> None:
         for ws in list(self._sockets):
             try:
@@ -343,6 +368,7 @@ class SlackEmulator:
         }
         await ws.send_str(json.dumps(hello))
         self._sockets[ws] = request
+        self._numbers[ws] = self.connections_total
         try:
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.TEXT:
