@@ -7,8 +7,11 @@ compete with the front-end's for this interpreter. The workers are stood in for 
 answering each job at once through the worker's own `ReplyPublisher`: the figures are the
 front-end's, not a model's.
 
-- ack latency: an event envelope sent → its ack received (Slack retries after 3 s without one);
+- ack latency: an event envelope sent → its ack received (Slack retries after 3 s without one), for a
+  slack-bolt app whose listener does nothing (the floor on this machine) and for brandbot, in one run;
 - enqueue latency: the event reaching its listener → its job in Redis;
+- first visible message: the event sent → the first message brandbot posts in the asker's thread;
+- answers relayed at once: the most reply streams the front-end followed at one time;
 - replies delivered: questions whose thread ends with one finished answer, out of those sent.
 
 It uses the Redis at `--redis-url` and its queue names: point it at a scratch database, not at one real
@@ -23,16 +26,18 @@ import multiprocessing
 import statistics
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 from pydantic import AnyHttpUrl, SecretStr
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.slack import build_slack_app
 from bots.slack.blocks import FEEDBACK_GOOD_ACTION
@@ -46,8 +51,14 @@ from worker.replies import ReplyPublisher
 if TYPE_CHECKING:
     from brandbot.emulators.slack import SlackEmulator
 
+RELAY_SAMPLE_SECONDS = 0.05
+"""How often the front-end's count of followed reply streams is sampled."""
+
 BENCH_ANSWER = "A benchmark answer: short, so the figures are the front-end's, not a model's."
 ACK_WAIT_SECONDS = 60.0
+WARM_UP_MENTIONS = 5
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,8 @@ class Plan:
     channels: int
     rate: float  # mentions per second; 0 = all at once
     answer_wait_seconds: float
+    connections: int = 1  # Socket Mode connections of the front-end
+    answers: bool = True  # False: the no-op app, which answers nothing
 
 
 @dataclass
@@ -68,7 +81,10 @@ class BenchResult:
     plan: Plan
     delivered: int
     ack_seconds: list[float]
+    noop_ack_seconds: list[float]
     enqueue_seconds: list[float]
+    first_visible_seconds: list[float]
+    relayed_at_once: int
     send_seconds: float
     total_seconds: float
     edit_interval: float
@@ -77,13 +93,16 @@ class BenchResult:
     def lines(self) -> list[str]:
         plan = self.plan
         pace = "all at once" if not plan.rate else f"{plan.rate:g}/s"
+        ratio = percentile(self.ack_seconds, 99) / percentile(self.noop_ack_seconds, 99)
         return [
             f"mentions sent: {plan.mentions} from {plan.users} users in {self.send_seconds:.2f} s "
-            f"({pace}, {plan.channels} channels, edit interval {self.edit_interval:g} s per channel)",
-            f"ack latency:     p50 {_ms(self.ack_seconds, 50)}  p99 {_ms(self.ack_seconds, 99)}  "
-            f"max {_ms(self.ack_seconds, 100)}   (target p99 < 100 ms)",
-            f"enqueue latency: p50 {_ms(self.enqueue_seconds, 50)}  p99 {_ms(self.enqueue_seconds, 99)}  "
-            f"max {_ms(self.enqueue_seconds, 100)}   (target p99 < 10 ms)",
+            f"({pace}, {plan.channels} channels, {plan.connections} Socket Mode connection(s), "
+            f"edit interval {self.edit_interval:g} s per channel)",
+            f"ack, no-op bolt app:    {_p50_p99(self.noop_ack_seconds)}",
+            f"ack, brandbot:          {_p50_p99(self.ack_seconds)}   p99 × no-op: {ratio:.2f}   (goal ≤ 1.1)",
+            f"enqueue:                {_p50_p99(self.enqueue_seconds)}   (goal p99 ≤ 100 ms)",
+            f"first visible message:  {_p50_p99(self.first_visible_seconds)}   (goal p99 ≤ 300 ms)",
+            f"answers relayed at once: {self.relayed_at_once} (most at one time)",
             f"replies delivered: {self.delivered}/{plan.mentions} in {self.total_seconds:.1f} s",
             *self.notes,
         ]
@@ -101,6 +120,10 @@ def _ms(values: list[float], pct: float) -> str:
     return f"{percentile(values, pct) * 1000:7.1f} ms"
 
 
+def _p50_p99(values: list[float]) -> str:
+    return f"p50 {_ms(values, 50)}  p99 {_ms(values, 99)}"
+
+
 async def run_slack_bench(
     settings: Settings,
     *,
@@ -108,14 +131,29 @@ async def run_slack_bench(
     users: int = 100,
     channels: int = 50,
     rate: float = 0.0,
+    connections: int = 1,
     answer_wait_seconds: float = 180.0,
     progress: Callable[[str], None] = print,
 ) -> BenchResult:
     """Send `mentions` mentions from `users` people over `channels` channels, all at once (`rate` 0) or
-    `rate` per second, and time the front-end."""
+    `rate` per second, first to a no-op slack-bolt app and then to brandbot's front-end, and time both."""
     prompts = LivePromptLibrary(settings.prompts_dir)
     model = prompts.current().default_persona().model
-    plan = Plan(settings.redis_url, model, mentions, users, channels, rate, answer_wait_seconds)
+    plan = Plan(settings.redis_url, model, mentions, users, channels, rate, answer_wait_seconds, connections)
+    progress(f"no-op slack-bolt app: sending {mentions} mentions…")
+    noop = await _with_slack_side(
+        replace(plan, answers=False), lambda emulator, pipe: _noop_under_load(emulator, plan, pipe)
+    )
+    progress(f"brandbot: sending {mentions} mentions; waiting for acks and answers…")
+    result = await _with_slack_side(
+        plan, lambda emulator, pipe: _front_end_under_load(settings, emulator, prompts, plan, pipe)
+    )
+    result.noop_ack_seconds = list(noop["ack_seconds"])
+    return result
+
+
+async def _with_slack_side(plan: Plan, front_end: Callable[[dict[str, str], Connection], Awaitable[T]]) -> T:
+    """Run the Slack side (emulator, people, instant workers) in a process of its own around `front_end`."""
     ours, theirs = multiprocessing.get_context("spawn").Pipe()
     slack_side = multiprocessing.get_context("spawn").Process(
         target=slack_side_main, args=(theirs, plan), name="bench-slack-side", daemon=True
@@ -123,11 +161,33 @@ async def run_slack_bench(
     slack_side.start()
     try:
         emulator: dict[str, str] = await asyncio.to_thread(ours.recv)
-        return await _front_end_under_load(settings, emulator, prompts, plan, ours, progress)
+        return await front_end(emulator, ours)
     finally:
         slack_side.join(timeout=10)
         if slack_side.is_alive():
             slack_side.kill()
+
+
+async def _noop_under_load(emulator: dict[str, str], plan: Plan, pipe: Connection) -> dict[str, Any]:
+    """The floor: a slack-bolt app whose listener does nothing, over as many connections as ours."""
+    app = AsyncApp(
+        client=AsyncWebClient(token=emulator["bot_token"], base_url=emulator["api_url"]),
+        request_verification_enabled=False,
+    )
+
+    @app.event("app_mention")
+    async def do_nothing() -> None:
+        """Acknowledged by bolt before the listener runs, as ours is."""
+
+    handlers = [AsyncSocketModeHandler(app, emulator["app_token"]) for _ in range(plan.connections)]
+    try:
+        for handler in handlers:
+            await handler.connect_async()
+        pipe.send("go")
+        return dict(await asyncio.to_thread(pipe.recv))
+    finally:
+        for handler in handlers:
+            await handler.close_async()
 
 
 async def _front_end_under_load(
@@ -136,7 +196,6 @@ async def _front_end_under_load(
     prompts: LivePromptLibrary,
     plan: Plan,
     pipe: Connection,
-    progress: Callable[[str], None],
 ) -> BenchResult:
     settings = settings.model_copy(
         update={
@@ -149,21 +208,35 @@ async def _front_end_under_load(
     enqueue_seconds: list[float] = []
     app = build_slack_app(settings=settings, queue=queue, prompts=prompts, on_enqueued=enqueue_seconds.append)
     await app.start_background()
-    handler = AsyncSocketModeHandler(app, emulator["app_token"])
+    handlers = [AsyncSocketModeHandler(app, emulator["app_token"]) for _ in range(plan.connections)]
+    most_followed = 0
+
+    async def watch_relays() -> None:
+        nonlocal most_followed
+        while True:
+            most_followed = max(most_followed, queue.following)
+            await asyncio.sleep(RELAY_SAMPLE_SECONDS)
+
+    watcher = asyncio.create_task(watch_relays())
     try:
-        await handler.connect_async()
+        for handler in handlers:
+            await handler.connect_async()
         pipe.send("go")
-        progress(f"sending {plan.mentions} mentions; waiting for acks and answers…")
         outcome: dict[str, Any] = await asyncio.to_thread(pipe.recv)
     finally:
-        await handler.close_async()
+        watcher.cancel()
+        for handler in handlers:
+            await handler.close_async()
         await app.shutdown()
         await queue.close()
     return BenchResult(
         plan=plan,
         delivered=int(outcome["delivered"]),
         ack_seconds=list(outcome["ack_seconds"]),
+        noop_ack_seconds=[],
         enqueue_seconds=enqueue_seconds,
+        first_visible_seconds=list(outcome["first_visible_seconds"]),
+        relayed_at_once=most_followed,
         send_seconds=float(outcome["send_seconds"]),
         total_seconds=float(outcome["total_seconds"]),
         edit_interval=settings.edit_interval_seconds,
@@ -183,9 +256,12 @@ async def _slack_side(pipe: Connection, plan: Plan) -> None:
         pipe.send(
             {"api_url": emulator.api_url, "app_token": emulator.app_token, "bot_token": emulator.bot_token}
         )
+        emulator.spread_envelopes = True  # as Slack: each event down one of the app's connections
         with InstantReplier(plan.redis_url, plan.model):
             await asyncio.to_thread(pipe.recv)  # the front-end is connecting
-            await emulator.wait_for_client()
+            await emulator.wait_until(
+                lambda: emulator.open_connections >= plan.connections, timeout=60, what="the connections"
+            )
             pipe.send(await Burst(emulator, plan).run())
     finally:
         await emulator.stop()
@@ -240,24 +316,49 @@ class Burst:
 
     emulator: SlackEmulator
     plan: Plan
+    _asked_at: dict[str, float] = field(default_factory=dict)  # question ts -> when its event was sent
 
     async def run(self) -> dict[str, Any]:
+        await self._warm_up()
         events = self._questions()
         started = time.monotonic()
         sent_at = await self._send(events)
         send_seconds = time.monotonic() - started
         slack = self.emulator
         await slack.wait_until(lambda: len(slack.acks) >= len(events), timeout=ACK_WAIT_SECONDS, what="acks")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.plan.answer_wait_seconds):
-                while self._delivered(events) < len(events):  # noqa: ASYNC110 - no event to await here
-                    await asyncio.sleep(0.5)
+        if self.plan.answers:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.plan.answer_wait_seconds):
+                    while self._delivered(events) < len(events):  # noqa: ASYNC110 - no event to await here
+                        await asyncio.sleep(0.5)
         return {
-            "delivered": self._delivered(events),
+            "delivered": self._delivered(events) if self.plan.answers else 0,
             "ack_seconds": [slack.acks[e].at - at for e, at in sent_at.items() if e in slack.acks],
+            "first_visible_seconds": self._first_visible(self._asked_at),
             "send_seconds": send_seconds,
             "total_seconds": time.monotonic() - started,
         }
+
+    async def _warm_up(self) -> None:
+        """A few mentions first, not counted: both apps meet the burst warm (imports, connections)."""
+        slack = self.emulator
+        envelopes = []
+        for i in range(WARM_UP_MENTIONS):
+            text = f"<@{slack.bot_user_id}> warm-up {i}"
+            message = slack.add_user_message(channel="CWARMUP", user="UWARMUP", text=text)
+            event = {"type": "app_mention", "channel": "CWARMUP", "user": "UWARMUP", "text": text}
+            envelopes.append(await slack.send_event({**event, "ts": message.ts, "team": slack.team_id}))
+        await slack.wait_until(lambda: all(e in slack.acks for e in envelopes), timeout=ACK_WAIT_SECONDS)
+
+    def _first_visible(self, asked_at: dict[str, float]) -> list[float]:
+        """Per question: from its event sent to the first message posted in its thread."""
+        first: dict[str, float] = {}
+        for method in ("chat.postMessage", "chat.startStream"):
+            for call in self.emulator.calls.get(method, []):
+                thread = str(call.params.get("thread_ts", ""))
+                if thread in asked_at and (thread not in first or call.at < first[thread]):
+                    first[thread] = call.at
+        return [at - asked_at[thread] for thread, at in first.items()]
 
     def _questions(self) -> list[dict[str, Any]]:
         events = []
@@ -276,6 +377,7 @@ class Burst:
         async def send(event: dict[str, Any]) -> None:
             at = time.monotonic()  # CLOCK_MONOTONIC: the same clock in both processes
             sent_at[await self.emulator.send_event(event)] = at
+            self._asked_at[event["ts"]] = at
 
         if not self.plan.rate:
             await asyncio.gather(*(send(event) for event in events))

@@ -13,6 +13,18 @@ from brandbot.settings import Settings
 from tests.conftest import REPO, TEST_REDIS_URL, worker_env
 
 BENCH_DEADLINE_SECONDS = 180
+SMALL_SLACK_BURST = (
+    "--mentions",
+    "20",
+    "--users",
+    "5",
+    "--channels",
+    "4",
+    "--connections",
+    "2",
+    "--timeout",
+    "120",
+)
 
 
 @pytest.mark.timeout(BENCH_DEADLINE_SECONDS + 30)
@@ -31,6 +43,32 @@ def test_bench_queue_prints_its_table_and_exits(redis_client: redis.Redis, promp
     table = finished.stdout.decode()
     assert "raw RQ SimpleWorker, trivial job" in table
     assert "brandbot job path, null engine" in table
+
+
+@pytest.mark.timeout(BENCH_DEADLINE_SECONDS + 30)
+def test_bench_slack_compares_with_a_no_op_app_and_every_mention_is_answered(
+    redis_client: redis.Redis, prompts_dir: Path
+) -> None:
+    settings = Settings(_env_file=None, redis_url=TEST_REDIS_URL, prompts_dir=prompts_dir)  # type: ignore[call-arg]
+    finished = subprocess.run(
+        [sys.executable, "-m", "brandbot.cli", "bench", "slack", *SMALL_SLACK_BURST],
+        env=worker_env(settings),
+        capture_output=True,
+        cwd=REPO,
+        timeout=BENCH_DEADLINE_SECONDS,
+    )
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+    table = finished.stdout.decode()
+    for figure in (
+        "ack, no-op bolt app:",
+        "ack, brandbot:",
+        "p99 × no-op:",
+        "enqueue:",
+        "first visible message:",
+    ):
+        assert figure in table, table
+    assert "2 Socket Mode connection(s)" in table
+    assert "replies delivered: 20/20" in table, table
 
 
 @pytest.mark.slow

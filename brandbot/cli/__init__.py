@@ -270,6 +270,9 @@ def bench_slack(
     users: Annotated[int, typer.Option(help="Distinct people sending them.")] = 100,
     channels: Annotated[int, typer.Option(help="Channels they are spread over.")] = 50,
     rate: Annotated[float, typer.Option(help="Mentions per second; 0 sends them all at once.")] = 0.0,
+    connections: Annotated[
+        int, typer.Option(min=1, max=10, help="Socket Mode connections of the front-end (and the no-op app).")
+    ] = 1,
     redis_url: Annotated[
         str | None, typer.Option(help="A scratch Redis database (default: BRANDBOT_REDIS_URL).")
     ] = None,
@@ -290,6 +293,7 @@ def bench_slack(
             users=users,
             channels=channels,
             rate=rate,
+            connections=connections,
             answer_wait_seconds=timeout,
             progress=typer.echo,
         )
