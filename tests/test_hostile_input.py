@@ -69,6 +69,8 @@ elsewhere, the catalogue names that test instead of repeating it, so the whole l
        (truncated weights, a tokenizer of the wrong shape, a config with wrong types)
 """
 
+# ruff: noqa: F811 (test arguments are the imported fixtures; the catalogue names tests in full)
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -76,10 +78,19 @@ from collections.abc import Callable
 import pytest
 import redis
 
+from brandbot import messages
 from brandbot.emulators.slack import SlackEmulator
 from brandbot.settings import Settings
 from tests.conftest import WorkerProcess
-from tests.slack_fixtures import is_final_answer, queued_requests, slack_running, visible
+from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
+    RQ_QUEUE,
+    RunningBot,
+    ScriptedWorker,
+    discord_bot,
+    discord_emulator,
+    scripted_worker,
+)
+from tests.slack_fixtures import MODEL_QUEUE, is_final_answer, queued_requests, slack_running, visible
 
 ODD_CHARACTERS = "zero\u200bwidth, \u202eright-to-left override\u202c, a NUL \x00 and a lone \ud800 surrogate"
 
@@ -102,3 +113,40 @@ async def test_invisible_control_and_lone_surrogate_characters_are_answered(
     assert worker_process.process.poll() is None
     logs = capsys.readouterr().out + worker_process.log()
     assert "Traceback" not in logs and "surrogate" not in logs
+
+
+async def test_lone_surrogates_from_discord_reach_the_worker_as_replacement_characters(
+    discord_bot: RunningBot, scripted_worker: ScriptedWorker
+) -> None:
+    token = await discord_bot.ask(ODD_CHARACTERS)
+    request = await scripted_worker.take()
+    scripted_worker.answer(request.request_id, "Understood.")
+
+    assert (await discord_bot.final_original(token))["content"] == "Understood."
+    assert request.turns[-1].content == ODD_CHARACTERS.replace("\ud800", "\ufffd")
+
+
+BLANK_QUESTIONS = [" \t\n ", "\u200b\u2060\ufeff", "\u202e \u202c", "\x00"]
+"""Spaces and tabs; zero-width characters only; a direction override around a space; a NUL."""
+
+
+async def test_blank_and_invisible_only_questions_get_the_hint_on_both_platforms(
+    slack_emulator: SlackEmulator,
+    settings: Callable[..., Settings],
+    discord_bot: RunningBot,
+    redis_client: redis.Redis,
+) -> None:
+    slack = slack_emulator
+    async with slack_running(slack, settings()) as bot:
+        asked = [await bot.mention(f"C{n}", "U1", blank) for n, blank in enumerate(BLANK_QUESTIONS)]
+        await slack.wait_until(
+            lambda: all(bot.bot_messages(f"C{n}", q.ts) for n, q in enumerate(asked)), what="every hint"
+        )
+        slack_hints = [visible(m) for n, q in enumerate(asked) for m in bot.bot_messages(f"C{n}", q.ts)]
+    discord_hints = [
+        await discord_bot.ephemeral_reply(await discord_bot.ask(blank)) for blank in BLANK_QUESTIONS
+    ]
+
+    assert slack_hints == [messages.EMPTY_MENTION] * len(BLANK_QUESTIONS)
+    assert discord_hints == [messages.DISCORD_EMPTY_ASK] * len(BLANK_QUESTIONS)
+    assert redis_client.llen(MODEL_QUEUE) == 0 and redis_client.llen(RQ_QUEUE) == 0
