@@ -90,7 +90,15 @@ from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
     discord_emulator,
     scripted_worker,
 )
-from tests.slack_fixtures import MODEL_QUEUE, is_final_answer, queued_requests, slack_running, visible
+from tests.slack_fixtures import (
+    MODEL_QUEUE,
+    answer_with,
+    is_final_answer,
+    queued_requests,
+    slack_running,
+    visible,
+)
+from tests.slack_fixtures import scripted_worker as slack_worker
 
 ODD_CHARACTERS = "zero\u200bwidth, \u202eright-to-left override\u202c, a NUL \x00 and a lone \ud800 surrogate"
 
@@ -150,3 +158,32 @@ async def test_blank_and_invisible_only_questions_get_the_hint_on_both_platforms
     assert slack_hints == [messages.EMPTY_MENTION] * len(BLANK_QUESTIONS)
     assert discord_hints == [messages.DISCORD_EMPTY_ASK] * len(BLANK_QUESTIONS)
     assert redis_client.llen(MODEL_QUEUE) == 0 and redis_client.llen(RQ_QUEUE) == 0
+
+
+HUGE = ("SECRET-PAYLOAD " * 7000)[:100_000]
+
+
+async def test_a_100000_character_question_is_refused_with_the_limit_and_the_next_is_answered(
+    slack_emulator: SlackEmulator,
+    settings: Callable[..., Settings],
+    discord_bot: RunningBot,
+    scripted_worker: ScriptedWorker,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    slack = slack_emulator
+    base = settings()
+    too_long = messages.TOO_LONG.format(length=len(HUGE.strip()), limit=base.max_question_chars)
+    async with slack_running(slack, base) as bot, slack_worker(base.redis_url, answer_with("Short one.")):
+        await bot.mention("C1", "U1", HUGE)
+        await slack.wait_until(lambda: bool(slack.ephemerals), what="the notice")
+        then = await bot.mention("C1", "U1", "a short one, then")
+        answer = await bot.wait_for_answer("C1", then.ts)
+    refused = await discord_bot.ephemeral_reply(await discord_bot.ask(HUGE))
+    token = await discord_bot.ask("a short one, then")
+    scripted_worker.answer((await scripted_worker.take()).request_id, "Short one.")
+
+    assert [notice.text for notice in slack.ephemerals] == [too_long] and visible(answer) == "Short one."
+    assert refused == too_long
+    assert (await discord_bot.final_original(token))["content"] == "Short one."
+    output = capsys.readouterr().out
+    assert "SECRET-PAYLOAD" not in output and "Traceback" not in output
