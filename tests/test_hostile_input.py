@@ -69,12 +69,15 @@ elsewhere, the catalogue names that test instead of repeating it, so the whole l
        (truncated weights, a tokenizer of the wrong shape, a config with wrong types)
 """
 
-# ruff: noqa: F811 (test arguments are the imported fixtures; the catalogue names tests in full)
+# ruff: noqa: F811 (test arguments are the imported fixtures, by pytest's design)
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
 
+import aiohttp
 import pytest
 import redis
 
@@ -92,6 +95,7 @@ from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
 )
 from tests.slack_fixtures import (
     MODEL_QUEUE,
+    SIGNING_SECRET,
     answer_with,
     is_final_answer,
     queued_requests,
@@ -187,3 +191,38 @@ async def test_a_100000_character_question_is_refused_with_the_limit_and_the_nex
     assert (await discord_bot.final_original(token))["content"] == "Short one."
     output = capsys.readouterr().out
     assert "SECRET-PAYLOAD" not in output and "Traceback" not in output
+
+
+async def test_slack_http_request_without_a_signature_is_refused_and_the_next_is_answered(
+    slack_emulator: SlackEmulator,
+    settings: Callable[..., Settings],
+    redis_client: redis.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    slack = slack_emulator
+    base = settings()
+    async with (
+        slack_running(slack, base, slack_mode="http") as bot,
+        slack_worker(base.redis_url, answer_with("Signed and answered.")),
+    ):
+        question = slack.add_user_message(channel="C1", user="U1", text=f"<@{slack.bot_user_id}> SECRET")
+        event = {"type": "app_mention", "channel": "C1", "user": "U1", "text": question.text}
+        event["ts"] = question.ts
+        body = json.dumps(slack.build_event_payload(event))
+        headers = {"Content-Type": "application/json"}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(bot.http_url, data=body, headers=headers) as unsigned:
+                unsigned_status = unsigned.status
+            only_a_timestamp = headers | {"X-Slack-Request-Timestamp": str(int(time.time()))}
+            async with session.post(bot.http_url, data=body, headers=only_a_timestamp) as half_signed:
+                half_signed_status = half_signed.status
+        assert redis_client.llen(MODEL_QUEUE) == 0 and not slack.calls_to("chat.postMessage")
+        payload = slack.build_event_payload(event)
+        status, _ = await slack.post_http_event(bot.http_url, payload, signing_secret=SIGNING_SECRET)
+        answer = await bot.wait_for_answer("C1", question.ts)
+
+    assert (unsigned_status, half_signed_status, status) == (401, 401, 200)
+    assert visible(answer) == "Signed and answered."
+    output = capsys.readouterr().out
+    assert output.count("slack request refused: bad signature or stale timestamp") == 2
+    assert "SECRET" not in output and "Traceback" not in output
