@@ -74,8 +74,10 @@ elsewhere, the catalogue names that test instead of repeating it, so the whole l
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -83,7 +85,8 @@ import redis
 
 from brandbot import messages
 from brandbot.emulators.slack import SlackEmulator
-from brandbot.settings import Settings
+from brandbot.errors import EngineLoadError
+from brandbot.settings import EngineName, Settings
 from tests.conftest import WorkerProcess
 from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
     RQ_QUEUE,
@@ -103,6 +106,7 @@ from tests.slack_fixtures import (
     visible,
 )
 from tests.slack_fixtures import scripted_worker as slack_worker
+from worker.engines import load_engine
 
 ODD_CHARACTERS = "zero\u200bwidth, \u202eright-to-left override\u202c, a NUL \x00 and a lone \ud800 surrogate"
 
@@ -226,3 +230,32 @@ async def test_slack_http_request_without_a_signature_is_refused_and_the_next_is
     output = capsys.readouterr().out
     assert output.count("slack request refused: bad signature or stale timestamp") == 2
     assert "SECRET" not in output and "Traceback" not in output
+
+
+def truncate_weights(folder: Path) -> None:
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # header intact, data cut
+
+
+def reshape_tokenizer(folder: Path) -> None:
+    (folder / "tokenizer.json").write_text('{"version": "1.0"}')
+
+
+def mistype_config(folder: Path) -> None:
+    config = folder / "config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"hidden_size": "big"}))
+
+
+@pytest.mark.parametrize("corrupt", [truncate_weights, reshape_tokenizer, mistype_config])
+def test_a_corrupt_model_folder_stops_the_worker_with_one_line(
+    corrupt: Callable[[Path], None], tiny_model: Path, tmp_path: Path
+) -> None:
+    """The engine's load, which `brandbot worker` prints as `brandbot: <line>` with exit status 1 (the CLI's
+    side: test_cli.py::test_incomplete_model_folder_names_what_is_missing). Each was the loader's own
+    error before, printed with its traceback."""
+    folder = Path(shutil.copytree(tiny_model, tmp_path / "model"))
+    corrupt(folder)
+    with pytest.raises(EngineLoadError) as refused:
+        load_engine(EngineName.TRANSFORMERS, folder, concurrency=1)
+    assert str(refused.value).startswith(f"cannot load the model in {folder}: ")
+    assert "\n" not in str(refused.value)
