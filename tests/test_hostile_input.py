@@ -94,6 +94,7 @@ from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
     ScriptedWorker,
     discord_bot,
     discord_emulator,
+    is_in_progress,
     scripted_worker,
 )
 from tests.slack_fixtures import (
@@ -259,3 +260,27 @@ def test_a_corrupt_model_folder_stops_the_worker_with_one_line(
         load_engine(EngineName.TRANSFORMERS, folder, concurrency=1)
     assert str(refused.value).startswith(f"cannot load the model in {folder}: ")
     assert "\n" not in str(refused.value)
+
+
+LONG_INFO_FENCE = "Look:\n\n```" + "word " * 140 + "\n" + "x" * 5000 + "\n```\n\nDone."
+"""A fence whose info string is 700 characters, then one 5,000-character line (issue 9's looping split)."""
+
+
+async def test_a_long_info_string_fence_then_a_long_line_reaches_discord_intact(
+    discord_bot: RunningBot, scripted_worker: ScriptedWorker
+) -> None:
+    emulator = discord_bot.emulator
+    token = await discord_bot.ask("show me")
+    scripted_worker.answer((await scripted_worker.take()).request_id, LONG_INFO_FENCE)
+
+    def finished() -> list[str] | None:
+        original, follow_ups = emulator.original_message(token), emulator.followups(token)
+        texts = [str(m["content"]) for m in [original or {"content": ""}, *follow_ups]]
+        return texts if texts[-1].endswith("Done.") and not is_in_progress(texts[-1]) else None
+
+    parts = await emulator.wait_until(finished, timeout=30)
+    assert len(parts) > 3 and all(len(part) <= 2000 for part in parts)
+    fenced = [part for part in parts if "```" in part]
+    assert all(sum(line.startswith("```") for line in part.splitlines()) == 2 for part in fenced)
+    assert all(part.startswith("```word\n") for part in parts[1:-1])  # reopened with the language only
+    assert "".join(parts).count("x") == 5000  # the long line is cut, not lost
