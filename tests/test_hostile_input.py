@@ -73,6 +73,7 @@ elsewhere, the catalogue names that test instead of repeating it, so the whole l
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
@@ -84,11 +85,15 @@ import pytest
 import redis
 
 from brandbot import messages
+from brandbot.emulators.discord import JSON
 from brandbot.emulators.slack import SlackEmulator
 from brandbot.errors import EngineLoadError
 from brandbot.settings import EngineName, Settings
 from tests.conftest import WorkerProcess
 from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
+    ALICE,
+    GENERAL,
+    GUILD_ID,
     RQ_QUEUE,
     RunningBot,
     ScriptedWorker,
@@ -284,3 +289,42 @@ async def test_a_long_info_string_fence_then_a_long_line_reaches_discord_intact(
     assert all(sum(line.startswith("```") for line in part.splitlines()) == 2 for part in fenced)
     assert all(part.startswith("```word\n") for part in parts[1:-1])  # reopened with the language only
     assert "".join(parts).count("x") == 5000  # the long line is cut, not lost
+
+
+async def test_malformed_discord_interactions_are_told_and_logged_in_one_line_each(
+    discord_bot: RunningBot, scripted_worker: ScriptedWorker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    emulator = discord_bot.emulator
+    good = await emulator.send_interaction(
+        guild_id=GUILD_ID,
+        channel_id=GENERAL,
+        user=ALICE,
+        member_roles=discord_bot.roles_of(ALICE),
+        name="ask",
+        options=[{"name": "prompt", "value": "a good one first"}],
+    )
+    scripted_worker.answer((await scripted_worker.take()).request_id, "Good.")
+    await discord_bot.final_original(str(good["token"]))
+
+    def broken(number: int, **changes: object) -> JSON:
+        return copy.deepcopy(good) | {"id": str(900 + number), "token": f"broken-{number}", **changes}
+
+    ask = good["data"]
+    malformed = [
+        broken(1, data=ask | {"options": [{"name": "prompt", "type": 3}]}),  # an option without its value
+        broken(2, data="not an object"),
+        broken(3, data=ask | {"options": [{"name": "prompt", "type": 3, "value": 12345}]}),  # wrong type
+        broken(4, data=ask | {"name": "no-such-command"}),
+    ]
+    for payload in malformed:
+        await emulator.send_raw_interaction(payload)
+    replies = [await discord_bot.ephemeral_reply(str(payload["token"])) for payload in malformed]
+    then = await discord_bot.ask("still there?")
+    scripted_worker.answer((await scripted_worker.take()).request_id, "Yes.")
+
+    assert (await discord_bot.final_original(then))["content"] == "Yes."
+    assert replies == [messages.DISCORD_COMMAND_FAILED] * len(malformed)
+    output = capsys.readouterr()
+    assert "Traceback" not in output.out + output.err
+    assert output.out.count("malformed discord interaction dropped") == 2  # unreadable before the command
+    assert output.out.count("slash command failed") == 2  # read, but not a command this bot can run
