@@ -40,6 +40,8 @@ elsewhere, the catalogue names that test instead of repeating it, so the whole l
    with one log line each (ids only), the next question answered.
      test_conversation_core.py::test_malformed_slack_events_are_dropped_with_one_line_each
      test_conversation_core.py::test_malformed_discord_events_are_dropped_with_one_line_each
+     ::test_malformed_discord_interactions_are_told_and_logged_in_one_line_each
+       (an option without its value, data that is no object, a mistyped option, an unknown command)
 10. Slack HTTP requests with bad, missing and stale signatures: 401, nothing queued, one log line.
      test_slack_http.py::test_http_mode_refuses_forged_signatures_and_stale_timestamps (bad, stale)
      ::test_slack_http_request_without_a_signature_is_refused_and_the_next_is_answered (missing)
