@@ -24,6 +24,7 @@ import contextlib
 import math
 import time
 import traceback
+import unicodedata
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -198,7 +199,7 @@ class Conversations:
         if refused is not None:
             return refused
         rules = self.access()
-        if not question.text:
+        if is_blank(question.text):
             return Refused(reception.empty_hint, privately=False)
         limit = rules.max_question_chars or self.settings.max_question_chars
         if len(question.text) > limit:
@@ -571,6 +572,16 @@ class Conversations:
     def busy(self) -> int:
         """Questions being taken in plus answers being relayed (tests check nothing is left behind)."""
         return len(self._intakes) + len(self._relays)
+
+
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+"""Controls (NUL, tabs), format characters (zero-width, direction overrides, BOM) and separators."""
+
+
+def is_blank(text: str) -> bool:
+    """Nothing a person could read: a question of zero-width or control characters is as empty as one of
+    spaces, and gets the hint rather than a model's guess at nothing."""
+    return all(unicodedata.category(character) in INVISIBLE_CATEGORIES for character in text)
 
 
 def crash_site(error: BaseException) -> str:

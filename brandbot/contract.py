@@ -5,12 +5,13 @@ Nothing else crosses the tiers. Both sides import this module; payloads travel a
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 
 class Platform(StrEnum):
@@ -38,14 +39,27 @@ class ErrorKind(StrEnum):
     INTERNAL = "internal"
 
 
+LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def replace_lone_surrogates(text: str) -> str:
+    """Lone surrogates are not characters: no UTF-8 encoder or tokenizer takes them, so one in a question
+    failed its job. A JSON event may carry them (`"\\ud800"`); they become U+FFFD, as a decoder shows them."""
+    return LONE_SURROGATE.sub("\ufffd", text)
+
+
+ChatText = Annotated[str, AfterValidator(replace_lone_surrogates)]
+"""Text people wrote (messages, names): any string, made encodable where it enters the contract."""
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Turn(_Model):
     role: Role
-    content: str
-    name: str | None = Field(None, description="Display name of the person who wrote a user turn.")
+    content: ChatText
+    name: ChatText | None = Field(None, description="Display name of the person who wrote a user turn.")
 
 
 class ReplyTarget(_Model):
@@ -60,7 +74,7 @@ class ReplyTarget(_Model):
 
 class UserRef(_Model):
     id: str
-    display_name: str = ""
+    display_name: ChatText = ""
 
 
 class Limits(_Model):
@@ -77,7 +91,7 @@ class GenerationRequest(_Model):
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     target: ReplyTarget
     user: UserRef
-    channel_name: str = ""
+    channel_name: ChatText = ""
     persona: str
     turns: list[Turn] = Field(min_length=1)
     limits: Limits = Limits()

@@ -75,6 +75,41 @@ def guard_parsers(parsers: dict[str, Callable[[Any], None]]) -> None:
         parsers[name] = guarded(name, parse)
 
 
+class SturdyCommandTree(discord.app_commands.CommandTree[Any]):
+    """discord.py hands errors inside a command to the tree's error handler; an interaction it cannot read
+    before that (an option without its value, `data` that is no object) escaped as the traceback of a task
+    nobody awaited, and the asker was left waiting. Now the asker is told, and the log has one line."""
+
+    async def _call(self, interaction: discord.Interaction[Any]) -> None:
+        try:
+            await super()._call(interaction)
+        except discord.app_commands.AppCommandError:
+            raise  # discord.py's own path: `BrandBot.on_app_command_error`
+        except Exception as error:
+            log.warning(
+                "malformed discord interaction dropped",
+                interaction_id=interaction.id,
+                error_type=type(error).__name__,
+                at=crash_site(error),
+            )
+            await tell_command_failed(interaction)
+
+
+async def tell_command_failed(interaction: discord.Interaction[Any]) -> None:
+    """The short apology, seen by the asker only; nothing if the interaction is gone."""
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(
+                messages.DISCORD_COMMAND_FAILED, ephemeral=True, allowed_mentions=NO_PINGS
+            )
+        else:
+            await interaction.response.send_message(
+                messages.DISCORD_COMMAND_FAILED, ephemeral=True, allowed_mentions=NO_PINGS
+            )
+    except discord.HTTPException:
+        pass  # the interaction is gone; the log line has it
+
+
 class BrandBot(commands.Bot):
     """The bot: slash commands from `BrandbotCommands`, questions answered by the conversation core."""
 
@@ -95,6 +130,7 @@ class BrandBot(commands.Bot):
             help_command=None,
             intents=intents,
             allowed_mentions=NO_PINGS,
+            tree_cls=SturdyCommandTree,
             **client_options,
         )
         guard_parsers(self._connection.parsers)
@@ -186,17 +222,7 @@ class BrandBot(commands.Bot):
             error_type=type(cause).__name__,
             at=crash_site(cause),
         )
-        try:
-            if interaction.response.is_done():
-                await interaction.followup.send(
-                    messages.DISCORD_COMMAND_FAILED, ephemeral=True, allowed_mentions=NO_PINGS
-                )
-            else:
-                await interaction.response.send_message(
-                    messages.DISCORD_COMMAND_FAILED, ephemeral=True, allowed_mentions=NO_PINGS
-                )
-        except discord.HTTPException:
-            pass  # the interaction is gone; the log above has it
+        await tell_command_failed(interaction)
 
     async def close(self) -> None:
         await self.conversations.shutdown()  # answers in flight are resumed by the next process

@@ -566,6 +566,11 @@ class DiscordEmulator:
         await self.dispatch("INTERACTION_CREATE", payload)
         return payload
 
+    async def send_raw_interaction(self, payload: JSON) -> None:
+        """Dispatch an INTERACTION_CREATE exactly as given (a malformed one, say); its token is answerable."""
+        self._interactions[str(payload["token"])] = _Interaction(payload, time.monotonic())
+        await self.dispatch("INTERACTION_CREATE", payload)
+
     async def click(
         self, message: JSON, custom_id: str, *, user: JSON, member_roles: Iterable[int] = ()
     ) -> JSON:

@@ -43,6 +43,15 @@ class _Sequence:
         return self.generated[-1] if self.generated else self.prompt_ids[-1]
 
 
+def load_failure(model_dir: Path, error: Exception) -> str:
+    """One line: the folder, and the first line the loader gave (with the error's type where that line
+    alone says little, e.g. a KeyError's bare key)."""
+    said = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if not isinstance(error, OSError | ValueError) or not said:
+        said = f"{type(error).__name__}: {said}".removesuffix(": ")
+    return f"cannot load the model in {model_dir}: {said}"
+
+
 class TransformersEngine(Engine):
     name = "transformers"
 
@@ -60,8 +69,10 @@ class TransformersEngine(Engine):
             self._model = AutoModelForCausalLM.from_pretrained(
                 model_dir, local_files_only=True, dtype=torch.float32
             ).eval()
-        except (OSError, ValueError) as error:
-            raise EngineLoadError(f"cannot load the model in {model_dir}: {error}".splitlines()[0]) from None
+        except Exception as error:
+            # The folder is the admin's, not our code: whatever the loaders raise on a truncated or
+            # mismatched file (safetensors, tokenizers and config errors share no base class) is one line.
+            raise EngineLoadError(load_failure(model_dir, error)) from None
         if lora_dir is not None:
             from worker.tuning.adapters import apply_adapter
 
