@@ -72,6 +72,7 @@ def test_bench_slack_compares_with_a_no_op_app_and_every_mention_is_answered(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(BENCH_DEADLINE_SECONDS + 30)
 def test_bench_engine_on_cpu_prints_throughput_ttft_and_the_roofline(
     redis_client: redis.Redis, prompts_dir: Path, tiny_model: Path
 ) -> None:
