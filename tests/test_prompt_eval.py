@@ -132,7 +132,7 @@ def test_no_worker_is_one_line_and_exit_3_not_a_wait(
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)  # a hang limit for three eval runs, two with workers of their own, on 2 shared cores
+@pytest.mark.timeout(600)  # a hang limit: three eval runs, two with workers of their own, on 2 cores
 def test_eval_through_a_real_worker_then_compare_two_prompt_folders(
     settings: Callable[..., Settings],
     prompts_dir: Path,
