@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 from typing import IO
 
@@ -35,18 +35,19 @@ STOP_WAIT_SECONDS = 30.0
 
 
 class WorkerDidNotStart(BrandbotError):
-    """The eval's own worker exited or never became ready."""
+    """A command's own worker (an eval's, a tune check's) exited or never became ready."""
 
 
-def worker_environment(settings: Settings) -> dict[str, str]:
-    """`settings` as the environment of a worker process (paths made absolute, no metrics port).
+def worker_environment(settings: Settings, *, leave_out: Collection[str] = ()) -> dict[str, str]:
+    """`settings` as the environment of a worker process (paths made absolute, no metrics port, nor the
+    settings named in `leave_out`).
 
     The worker starts in an empty folder, so a `.env` file cannot add anything these settings lack.
     """
     env = {name: value for name, value in os.environ.items() if not name.startswith("BRANDBOT_")}
     for name, value in settings.model_dump(mode="json").items():
         current = getattr(settings, name)
-        if value is None or name == "metrics_port":
+        if value is None or name == "metrics_port" or name in leave_out:
             continue
         if hasattr(current, "get_secret_value"):
             value = current.get_secret_value()
@@ -72,8 +73,25 @@ async def private_worker(
 
     `environment` comes from `worker_environment`.
     """
-    model = f"eval-{label}-{uuid.uuid4().hex[:8]}"
-    env = {**environment, "BRANDBOT_PROMPTS_DIR": str(prompts_dir), "BRANDBOT_MODEL_NAME": model}
+    with_prompts = {**environment, "BRANDBOT_PROMPTS_DIR": str(prompts_dir)}
+    async with own_worker(
+        queue, with_prompts, name=f"eval-{label}", start_wait_seconds=start_wait_seconds
+    ) as model:
+        yield model
+
+
+@contextlib.asynccontextmanager
+async def own_worker(
+    queue: RequestQueue,
+    environment: dict[str, str],
+    *,
+    name: str,
+    start_wait_seconds: float = START_WAIT_SECONDS,
+) -> AsyncIterator[str]:
+    """Run a worker with `environment` on a model queue of its own (named after `name`), yield that queue's
+    model name once the worker serves it, then stop the worker (SIGTERM, then SIGKILL)."""
+    model = f"{name}-{uuid.uuid4().hex[:8]}"
+    env = {**environment, "BRANDBOT_MODEL_NAME": model}
     with tempfile.TemporaryFile() as log, tempfile.TemporaryDirectory() as empty:
         process = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "brandbot.cli", "worker"),
@@ -102,13 +120,20 @@ async def _wait_ready(
     while time.monotonic() < give_up_at:
         if process.returncode is not None:
             raise WorkerDidNotStart(
-                f"the eval's worker exited with code {process.returncode}: {_last_line(log)}"
+                f"the {name_of(model)} worker exited with code {process.returncode}: {_last_line(log)}"
             )
         if await queue.workers_alive(model) > 0:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(process.wait(), 0.2)
-    raise WorkerDidNotStart(f"the eval's worker was not ready within {wait_seconds:g} s: {_last_line(log)}")
+    raise WorkerDidNotStart(
+        f"the {name_of(model)} worker was not ready within {wait_seconds:g} s: {_last_line(log)}"
+    )
+
+
+def name_of(model: str) -> str:
+    """`eval-a` of `eval-a-1f2e3d4c`: which command's worker it is, for its error line."""
+    return model.rsplit("-", 1)[0]
 
 
 def _last_line(log: IO[bytes]) -> str:

@@ -12,19 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
-import brandbot
 from brandbot.contract import (
     DoneEvent,
     ErrorEvent,
@@ -36,9 +28,9 @@ from brandbot.contract import (
     Turn,
     UserRef,
 )
-from brandbot.errors import BrandbotError
 from brandbot.evals.runner import CaseOutcome, Side
 from brandbot.evals.runner import run_side as run_evals
+from brandbot.evals.workers import own_worker, worker_environment
 from brandbot.promptfiles.evals import EvalSuite
 from brandbot.promptfiles.models import Persona
 from brandbot.queue import RequestQueue
@@ -48,14 +40,9 @@ from brandbot.streams import ReplyLost
 START_WAIT_SECONDS = 300.0
 """Loading a large model can take minutes; past this, the check gives up with the worker's last line."""
 
-STOP_WAIT_SECONDS = 30.0
 ANSWER_WAIT_SECONDS = 300.0
 FOLLOW_TICK_SECONDS = 1.0
 ASKED_AT_ONCE = 4
-
-
-class CheckWorkerFailed(BrandbotError):
-    """The check's own worker exited or never became ready."""
 
 
 @dataclass(frozen=True)
@@ -93,79 +80,18 @@ def _plain(text: str) -> str:
     return " ".join(text.lower().split()).rstrip(" .!")
 
 
-def worker_environment(settings: Settings) -> dict[str, str]:
-    """`settings` as a worker's environment (paths absolute, no metrics port, this checkout's code)."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("BRANDBOT_")}
-    for name, value in settings.model_dump(mode="json").items():
-        current = getattr(settings, name)
-        if value is None or name in ("metrics_port", "lora_dir", "model_dir", "model_name"):
-            continue
-        if hasattr(current, "get_secret_value"):
-            value = current.get_secret_value()
-        elif isinstance(current, Path):
-            value = str(current.resolve())
-        env[f"BRANDBOT_{name.upper()}"] = json.dumps(value) if isinstance(value, list | dict) else str(value)
-    code = str(Path(brandbot.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [code, os.environ.get("PYTHONPATH")]))
-    return env
-
-
 @contextlib.asynccontextmanager
 async def check_worker(
-    queue: RequestQueue,
-    environment: dict[str, str],
-    *,
-    model_dir: Path,
-    lora_dir: Path | None,
-    label: str,
-    start_wait_seconds: float = START_WAIT_SECONDS,
+    queue: RequestQueue, settings: Settings, *, model_dir: Path, lora_dir: Path | None, label: str
 ) -> AsyncIterator[str]:
     """A real worker on `model_dir` (+ `lora_dir`), absolute paths, on a private queue; yields its name."""
-    model = f"tune-{label}-{uuid.uuid4().hex[:8]}"
-    env = {**environment, "BRANDBOT_MODEL_DIR": str(model_dir), "BRANDBOT_MODEL_NAME": model}
+    # The worker serves the folder checked, never the one (or the adapter) the settings name.
+    env = worker_environment(settings, leave_out=("lora_dir", "model_dir", "model_name"))
+    env["BRANDBOT_MODEL_DIR"] = str(model_dir)
     if lora_dir is not None:
         env["BRANDBOT_LORA_DIR"] = str(lora_dir)
-    with tempfile.TemporaryFile() as log, tempfile.TemporaryDirectory() as empty:
-        process = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "brandbot.cli", "worker"),
-            env=env,
-            cwd=empty,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            await _wait_ready(queue, process, model, log, start_wait_seconds)
-            yield model
-        finally:
-            if process.returncode is None:
-                process.terminate()
-                try:
-                    await asyncio.wait_for(process.wait(), STOP_WAIT_SECONDS)
-                except TimeoutError:
-                    process.kill()
-                    await process.wait()
-
-
-async def _wait_ready(
-    queue: RequestQueue, process: asyncio.subprocess.Process, model: str, log: IO[bytes], wait: float
-) -> None:
-    give_up_at = time.monotonic() + wait
-    while time.monotonic() < give_up_at:
-        if process.returncode is not None:
-            raise CheckWorkerFailed(
-                f"the check's worker exited with code {process.returncode}: {_last_line(log)}"
-            )
-        if await queue.workers_alive(model) > 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(process.wait(), 0.2)
-    raise CheckWorkerFailed(f"the check's worker was not ready within {wait:g} s: {_last_line(log)}")
-
-
-def _last_line(log: IO[bytes]) -> str:
-    log.seek(0)
-    lines = [line for line in log.read().decode(errors="replace").splitlines() if line.strip()]
-    return lines[-1].strip()[:300] if lines else "(no output)"
+    async with own_worker(queue, env, name=f"tune-{label}", start_wait_seconds=START_WAIT_SECONDS) as model:
+        yield model
 
 
 async def ask_cases(
@@ -238,7 +164,7 @@ async def run_side(
     queue = RequestQueue.from_settings(settings)
     try:
         async with check_worker(
-            queue, worker_environment(settings), model_dir=model_dir, lora_dir=lora_dir, label=label
+            queue, settings, model_dir=model_dir, lora_dir=lora_dir, label=label
         ) as model:
             held = await ask_cases(
                 queue, model, persona, cases, label=label, max_new_tokens=max_new_tokens, seed=seed
