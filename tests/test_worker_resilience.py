@@ -7,6 +7,7 @@ variables read by the worker's entry point): a slow slot start-up, an engine tha
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -220,3 +221,38 @@ def test_redis_gone_longer_than_a_reply_may_wait_frees_the_engine_and_the_worker
     wait_for(lambda: "job slot died, restarting it" in worker.log(), 30, "the dead slot's restart")
     wait_for(lambda: [h["live_slots"] for h in heartbeats(client)] == ["4"], 30, "four live slots")
     assert worker.process.poll() is None
+
+
+def test_a_question_a_killed_worker_took_but_never_started_is_answered(
+    start_worker: Callable[..., WorkerProcess], redis_client: redis.Redis, settings: Callable[..., Settings]
+) -> None:
+    request = a_request("hello from the intermediate list")
+    enqueue(settings(), request)
+    queue_key = Queue.redis_queue_namespace_prefix + keys.model_queue("default")
+    # Where a worker SIGKILLed between taking a job and starting it leaves the job: RQ's intermediate list.
+    redis_client.lmove(queue_key, f"{queue_key}:intermediate")
+
+    start_worker(**FAST_RECOVERY)
+
+    wait_for(lambda: bool(dones(redis_client, request.request_id)), 60, "the stranded question's answer")
+
+
+def test_a_maintenance_lock_left_by_a_killed_worker_does_not_hold_up_recovery(
+    start_worker: Callable[..., WorkerProcess],
+    redis_client: redis.Redis,
+    settings: Callable[..., Settings],
+    long_persona: str,  # noqa: F811 - the imported fixture
+) -> None:
+    doomed = start_worker(**FAST_RECOVERY)
+    request = a_request("hello", long_persona)
+    enqueue(settings(), request)
+    wait_for(lambda: streaming(redis_client, request.request_id), 30, "generation to start")
+    doomed.stop(signal.SIGKILL)
+    # As if it died while cleaning the registries: RQ's own lock stays for 15 minutes.
+    queue = Queue(keys.model_queue("default"), connection=redis_client, serializer=JSONSerializer)
+    redis_client.delete(queue.registry_cleaning_key)
+    assert queue.acquire_maintenance_lock()
+
+    start_worker(**FAST_RECOVERY)
+
+    wait_for(lambda: bool(dones(redis_client, request.request_id)), 120, "the abandoned question's answer")

@@ -56,6 +56,9 @@ MAINTENANCE_INTERVAL_SECONDS = 15.0
 SLOT_WORKER_TTL_SECONDS = 16
 """RQ blocks on the queue for (ttl - 15) seconds at a time: 1 s, so an idle slot notices a stop at once."""
 
+RECOVERY_LOCK_MIN_SECONDS = 10
+"""The recovery lock's shortest life: a pass over a long registry takes a few seconds."""
+
 SUPERVISE_INTERVAL_SECONDS = 1.0
 """How often dead slots are restarted and a fatal error (a dead engine) is looked for."""
 
@@ -173,6 +176,8 @@ class ThreadedWorker:
         self._grace = drain_grace_seconds
         self._job_heartbeat_ttl = job_heartbeat_ttl
         self._maintenance_interval = maintenance_interval
+        # Outlives a recovery pass, expires soon after a worker killed during one.
+        self._recovery_lock_seconds = max(int(maintenance_interval * 2), RECOVERY_LOCK_MIN_SECONDS)
         self._stop = threading.Event()
         self.slots = [self._new_slot(index) for index in range(slots)]
         self._threads: list[threading.Thread | None] = [None] * slots
@@ -307,19 +312,51 @@ class ThreadedWorker:
         self._redis_reachable = True
 
     def _recover_abandoned(self) -> None:
-        """Retry jobs whose worker died (their heartbeat expired); one worker per queue does it at a time."""
+        """Retry jobs whose worker died (their heartbeat expired); one worker per queue does it at a time.
+
+        The lock is our own, short-lived one: RQ's (`acquire_maintenance_lock`) lives 15 minutes, so a
+        worker SIGKILLed while holding it would stop every recovery for that long.
+        """
+        lock = keys.recovery_lock(self.queue.name)
         try:
-            if self.queue.acquire_maintenance_lock():
+            if self.connection.set(lock, self.name, nx=True, ex=self._recovery_lock_seconds):
                 try:
                     clean_registries(self.queue)
+                    self._retry_stranded()
                 finally:
-                    self.queue.release_maintenance_lock()
+                    self.connection.delete(lock)
             names: Any = self.connection.smembers(keys.WORKERS_SET)
             for name in names:
                 if not self.connection.exists(keys.worker_heartbeat(keys.as_text(name))):
                     self.connection.srem(keys.WORKERS_SET, name)
         except redis.RedisError as error:
             log.warning("redis unreachable, maintenance skipped", error_type=type(error).__name__)
+
+    def _retry_stranded(self) -> None:
+        """Retry jobs left in RQ's intermediate list by a worker killed between taking and starting them.
+
+        A job is there for a moment in a live worker too, so only one seen there on an earlier pass, longer
+        than a job heartbeat ago, is taken for stranded (RQ's own clean-up waits a minute and runs every
+        ten).
+        """
+        intermediate = self.queue.intermediate_queue
+        started = self.queue.started_job_registry
+        for job_id in intermediate.get_job_ids():
+            if job_id in started or intermediate.set_first_seen(job_id):
+                continue
+            first_seen = intermediate.get_first_seen(job_id)
+            if (
+                first_seen is None
+                or (datetime.now(UTC) - first_seen).total_seconds() < self._job_heartbeat_ttl
+            ):
+                continue
+            job = self.queue.fetch_job(job_id)
+            if job is not None:
+                log.warning("retrying a job its worker took but never started", request_id=job_id)
+                self.slots[0].handle_job_failure(
+                    job, self.queue, exc_string="its worker died before starting it"
+                )
+            intermediate.remove(job_id)
 
     def _drain(self) -> None:
         log.info("draining", in_flight=self.busy_slots(), grace_seconds=self._grace)

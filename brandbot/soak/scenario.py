@@ -48,7 +48,7 @@ class SoakPlan:
             workers=self.workers,
             worker_concurrency=self.worker_concurrency,
             max_new_tokens=self.max_new_tokens,
-            channels=max(self.users // 4, 1),
+            channels=self.users,  # one channel each: edits are paced per channel
             users=self.users,
         )
 

@@ -242,6 +242,8 @@ class SoakStack:
             "BRANDBOT_PROMPTS_DIR": str(self.prompts_dir.resolve()),
             "BRANDBOT_MODEL_NAME": MODEL_NAME,
             "BRANDBOT_LOG_LEVEL": "INFO",
+            # The emulators have no rate limits; the chats' real ones are what the 1 s default respects.
+            "BRANDBOT_EDIT_INTERVAL_SECONDS": "0.25",
         }
 
     def _worker_env(self) -> dict[str, str]:
