@@ -33,6 +33,7 @@ from tests.test_worker_process import (
     wait_for,
 )
 from worker.faults import (
+    DIE_ON_PROMPT_TEXT,
     ENGINE_BATCH_LIMIT,
     KILL_ENGINE_THREAD_AT_IN_FLIGHT,
     PUBLISH_OUTAGE,
@@ -256,3 +257,26 @@ def test_a_maintenance_lock_left_by_a_killed_worker_does_not_hold_up_recovery(
     start_worker(**FAST_RECOVERY)
 
     wait_for(lambda: bool(dones(redis_client, request.request_id)), 120, "the abandoned question's answer")
+
+
+def test_a_poison_question_does_not_spend_the_retries_of_the_questions_beside_it(
+    start_worker: Callable[..., WorkerProcess], redis_client: redis.Redis, settings: Callable[..., Settings]
+) -> None:
+    innocent = [a_request(f"hello {i}") for i in range(3)]
+    poison = a_request("this one kills its worker: POISON")
+    enqueue(settings(), *innocent, poison)
+    deaths = 0
+    # Every worker dies on the poison question, each time it is tried; its supervisor starts another.
+    while deaths < 4 and not all(dones(redis_client, r.request_id) for r in innocent):
+        worker = start_worker(env={DIE_ON_PROMPT_TEXT: "POISON"}, **FAST_RECOVERY)
+        wait_for(
+            lambda w=worker: (  # type: ignore[misc]
+                w.process.poll() is not None or all(dones(redis_client, r.request_id) for r in innocent)
+            ),
+            120,
+            "the worker to die or answer",
+        )
+        deaths += worker.process.poll() is not None
+
+    assert all(dones(redis_client, r.request_id) for r in innocent), f"{deaths} worker deaths"
+    assert not dones(redis_client, poison.request_id)

@@ -41,6 +41,7 @@ from brandbot.errors import WorkerFailed
 from brandbot.logs import get_logger
 from brandbot.queue import oldest_wait_seconds
 from worker.admission import AdmittedJob, fail_refused
+from worker.solo_gate import SoloGate
 
 log = get_logger(__name__)
 
@@ -71,14 +72,31 @@ SLOT_DEATHS_TOLERATED_PER_SLOT = 3
 SLOT_DEATH_WINDOW_SECONDS = 60.0
 
 
+SOLO_WAIT_SECONDS = 1.0
+"""A slot held back by a retried job running alone looks again this often (and notices a stop)."""
+
+
+def is_retry(job: Job) -> bool:
+    """A job run again after its worker died (or its attempt failed): it may be what killed the worker."""
+    max_attempts = int(job.meta.get("max_attempts", 1))
+    return job.retries_left is not None and job.retries_left < max_attempts - 1
+
+
 class SlotWorker(SimpleWorker):
     """A `SimpleWorker` that runs in a thread of `ThreadedWorker`."""
 
     death_penalty_class = TimerDeathPenalty
     job_class = AdmittedJob  # only the reply job runs: see worker/admission.py
 
-    def __init__(self, *args: Any, job_heartbeat_ttl: int = JOB_HEARTBEAT_TTL_SECONDS, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        job_heartbeat_ttl: int = JOB_HEARTBEAT_TTL_SECONDS,
+        gate: SoloGate | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.gate = gate or SoloGate()
         self.running: tuple[Job, Execution] | None = None
         self.registered = False
         self.job_heartbeat_ttl = job_heartbeat_ttl
@@ -106,6 +124,8 @@ class SlotWorker(SimpleWorker):
     ) -> tuple[Job, Queue] | None:
         # RQ's loop keeps blocking on the queue until a job arrives; a slot must also notice a stop.
         while not self._stop_requested:
+            if not self.gate.wait_open(timeout=SOLO_WAIT_SECONDS):
+                continue  # a retried job waits to run alone: take nothing that could die with it
             result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time=timeout)
             if result is not None:
                 return result
@@ -119,9 +139,10 @@ class SlotWorker(SimpleWorker):
         if fail_refused(job, queue):
             return
         execution = self.prepare_execution(job)
-        self.running = (job, execution)
+        self.running = (job, execution)  # from here the main thread keeps its heartbeat fresh
         try:
-            self.perform_job(job, queue, execution)
+            with self.gate.alone() if is_retry(job) else self.gate.beside():
+                self.perform_job(job, queue, execution)
         finally:
             self.running = None
         self.set_state("idle")
@@ -179,6 +200,7 @@ class ThreadedWorker:
         # Outlives a recovery pass, expires soon after a worker killed during one.
         self._recovery_lock_seconds = max(int(maintenance_interval * 2), RECOVERY_LOCK_MIN_SECONDS)
         self._stop = threading.Event()
+        self._gate = SoloGate()
         self.slots = [self._new_slot(index) for index in range(slots)]
         self._threads: list[threading.Thread | None] = [None] * slots
         self._slot_deaths: deque[float] = deque()
@@ -194,6 +216,7 @@ class ThreadedWorker:
             log_job_description=False,  # descriptions would be users' questions
             disable_default_exception_handler=False,
             job_heartbeat_ttl=self._job_heartbeat_ttl,
+            gate=self._gate,
         )
 
     def request_stop(self, *_: object) -> None:
