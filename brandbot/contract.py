@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 
 class Platform(StrEnum):
@@ -38,14 +38,24 @@ class ErrorKind(StrEnum):
     INTERNAL = "internal"
 
 
+def replace_lone_surrogates(text: str) -> str:
+    """Each lone UTF-16 surrogate (a chat's JSON may carry `\\ud800` alone) becomes U+FFFD: such text
+    cannot be encoded as UTF-8, so it could not be sent to Redis, logged or posted."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+ChatText = Annotated[str, AfterValidator(replace_lone_surrogates)]
+"""Text people wrote: it crosses the tiers as UTF-8."""
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Turn(_Model):
     role: Role
-    content: str
-    name: str | None = Field(None, description="Display name of the person who wrote a user turn.")
+    content: ChatText
+    name: ChatText | None = Field(None, description="Display name of the person who wrote a user turn.")
 
 
 class ReplyTarget(_Model):
@@ -60,7 +70,7 @@ class ReplyTarget(_Model):
 
 class UserRef(_Model):
     id: str
-    display_name: str = ""
+    display_name: ChatText = ""
 
 
 class Limits(_Model):
@@ -77,7 +87,7 @@ class GenerationRequest(_Model):
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     target: ReplyTarget
     user: UserRef
-    channel_name: str = ""
+    channel_name: ChatText = ""
     persona: str
     turns: list[Turn] = Field(min_length=1)
     limits: Limits = Limits()

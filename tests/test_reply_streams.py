@@ -11,6 +11,7 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterator
 
+import psutil  # installed with accelerate (the cpu extra)
 import pytest
 import redis
 import redis.asyncio
@@ -93,16 +94,21 @@ def done(text: str) -> DoneEvent:
     return DoneEvent(text=text, finish_reason=FinishReason.STOP, usage=usage)
 
 
+def ours(client: redis.Redis, db: int) -> list[dict[str, str]]:
+    """CLIENT LIST's entries for this process's connections to `db` (other processes share the server)."""
+    ports = {c.laddr.port for c in psutil.Process().net_connections(kind="tcp") if c.laddr}
+    clients: list[dict[str, str]] = client.client_list()  # type: ignore[assignment]
+    return [e for e in clients if e.get("db") == str(db) and int(e["addr"].rsplit(":", 1)[1]) in ports]
+
+
 def front_end_connections(client: redis.Redis) -> int:
     """Connections the front-end's queue client holds open (named by it in CLIENT LIST)."""
-    clients: list[dict[str, str]] = client.client_list()  # type: ignore[assignment]
-    return sum(1 for entry in clients if entry.get("name") == CLIENT_NAME)
+    return sum(1 for entry in ours(client, TEST_DB) if entry.get("name") == CLIENT_NAME)
 
 
 def connections_on_db(client: redis.Redis, db: int) -> int:
-    """Every connection on `db` except this test's own, whatever name it carries."""
-    clients: list[dict[str, str]] = client.client_list()  # type: ignore[assignment]
-    return sum(1 for entry in clients if entry.get("db") == str(db) and entry.get("name") != TEST_CLIENT)
+    """Every connection of this process on `db` except the test's own, whatever name it carries."""
+    return sum(1 for entry in ours(client, db) if entry.get("name") != TEST_CLIENT)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import redis
 from rq import Queue, Worker
 from rq.job import Job
@@ -38,6 +39,7 @@ from worker.faults import (
     KILL_ENGINE_THREAD_AT_IN_FLIGHT,
     PUBLISH_OUTAGE,
     SLOT_START_DELAY,
+    STALL_ON_PROMPT_TEXT,
 )
 
 OUTAGE_WINDOW_SECONDS = 1.0
@@ -224,6 +226,8 @@ def test_redis_gone_longer_than_a_reply_may_wait_frees_the_engine_and_the_worker
     assert worker.process.poll() is None
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_a_question_a_killed_worker_took_but_never_started_is_answered(
     start_worker: Callable[..., WorkerProcess], redis_client: redis.Redis, settings: Callable[..., Settings]
 ) -> None:
@@ -238,6 +242,8 @@ def test_a_question_a_killed_worker_took_but_never_started_is_answered(
     wait_for(lambda: bool(dones(redis_client, request.request_id)), 60, "the stranded question's answer")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_a_maintenance_lock_left_by_a_killed_worker_does_not_hold_up_recovery(
     start_worker: Callable[..., WorkerProcess],
     redis_client: redis.Redis,
@@ -259,6 +265,8 @@ def test_a_maintenance_lock_left_by_a_killed_worker_does_not_hold_up_recovery(
     wait_for(lambda: bool(dones(redis_client, request.request_id)), 120, "the abandoned question's answer")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # hang limit: up to four worker start-ups on a shared CPU
 def test_a_poison_question_does_not_spend_the_retries_of_the_questions_beside_it(
     start_worker: Callable[..., WorkerProcess], redis_client: redis.Redis, settings: Callable[..., Settings]
 ) -> None:
@@ -280,3 +288,20 @@ def test_a_poison_question_does_not_spend_the_retries_of_the_questions_beside_it
 
     assert all(dones(redis_client, r.request_id) for r in innocent), f"{deaths} worker deaths"
     assert not dones(redis_client, poison.request_id)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # hang limit: three worker start-ups on a shared CPU
+def test_a_stalled_engine_stops_its_worker_and_its_questions_are_answered_by_another(
+    start_worker: Callable[..., WorkerProcess], redis_client: redis.Redis, settings: Callable[..., Settings]
+) -> None:
+    innocent = a_request("hello")
+    stalling = a_request("this one sticks the engine: STALL")
+    stalled = start_worker(env={STALL_ON_PROMPT_TEXT: "STALL"}, engine_stall_seconds=3, **FAST_RECOVERY)
+    enqueue(settings(), innocent, stalling)
+
+    assert stalled.process.wait(timeout=60) != 0  # a hang limit: without a watchdog it waits for ever
+    assert "no progress" in stalled.log()
+    start_worker(**FAST_RECOVERY)
+    wait_for(lambda: bool(dones(redis_client, innocent.request_id)), 120, "the innocent question's answer")
+    wait_for(lambda: bool(dones(redis_client, stalling.request_id)), 120, "the stalling question's answer")
