@@ -19,6 +19,7 @@ from rq.job import Job
 from structlog.testing import capture_logs
 
 from bots.relay import ChannelPacer, RelayOutcome, StreamingEditor, relay_reply
+from bots.relay_book import RelayBook
 from brandbot import keys, messages
 from brandbot.contract import DeltaEvent, DoneEvent, FinishReason, GenerationRequest, StartEvent, Usage
 from brandbot.errors import QueueUnavailable
@@ -367,3 +368,21 @@ async def test_job_that_finished_between_read_and_check_is_answered_not_reported
     assert await follower.next(timeout=0.2) is None  # nothing after the answer: no ReplyLost
     assert follower.ended
     assert not [entry for entry in logs if entry["event"] == "reply lost"]
+
+
+async def test_a_lease_that_lapsed_while_its_process_was_busy_is_kept_unless_another_took_it(
+    test_client: redis.Redis,
+) -> None:
+    connection = redis.asyncio.Redis.from_url(TEST_REDIS_URL)
+    book = RelayBook(connection, platform="slack", retention_seconds=60)
+    twin = RelayBook(connection, platform="slack", retention_seconds=60)
+    for request_id in ("lapsed", "taken"):
+        assert await book.take((f"ev-{request_id}",), request_id, {"model": "default", "sink": {}})
+        test_client.delete(keys.relay_lease("slack", request_id))  # renewed too late: it lapsed
+    assert await twin.claim("taken")  # another process took this one over meanwhile
+
+    lost = await book.renew()
+    await connection.aclose()
+
+    assert lost == ["taken"]
+    assert book.holds("lapsed") and not book.holds("taken")
