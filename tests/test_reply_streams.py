@@ -386,3 +386,32 @@ async def test_a_lease_that_lapsed_while_its_process_was_busy_is_kept_unless_ano
 
     assert lost == ["taken"]
     assert book.holds("lapsed") and not book.holds("taken")
+
+
+async def test_an_answer_a_worker_takes_just_at_the_deadline_is_relayed_not_timed_out(
+    test_client: redis.Redis,
+) -> None:
+    """A long queue: the job waited its whole deadline and a worker took it just then (its start not out
+    yet). The relay waits on, as it does for a queued job, and shows the answer."""
+    queue = queue_at(TEST_REDIS_URL, retention_seconds=60, deadline_seconds=30)
+    publisher = ReplyPublisher(test_client, retention_seconds=60)
+    test_client.hset(Job.key_for("late"), "status", "started")
+    test_client.expire(Job.key_for("late"), 60)
+    test_client.sadd(keys.WORKERS_SET, "w1")  # the worker that took it is alive
+    test_client.hset(keys.worker_heartbeat("w1"), mapping={"model": "default", "live_slots": "1"})
+    chat = ChatTranscript()
+    editor = StreamingEditor(chat, ChannelPacer(0.01))
+    await editor.start(messages.THINKING)
+    relay = asyncio.create_task(
+        relay_reply(
+            queue=queue, request_id="late", editor=editor, model="default", worker_wait_seconds=600,
+            deadline_seconds=1,
+        )
+    )  # fmt: skip
+    await asyncio.sleep(1.5)  # past the deadline, nothing read yet
+    publisher.publish("late", StartEvent(), DeltaEvent(text="on time"), done("on time"))
+    outcome = await asyncio.wait_for(relay, timeout=30)
+    await queue.close()
+
+    assert outcome.status == "done"
+    assert list(chat.messages.values()) == ["on time"]
