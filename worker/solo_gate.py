@@ -3,8 +3,9 @@
 A question whose worker died is retried once. Were it retried beside others and kill this worker too (a
 "poison" question: one that crashes the engine, every time), the questions beside it would be abandoned
 with it and lose their one retry through no fault of their own. So a slot that takes a retried job waits
-until the other slots' jobs have finished, the other slots take no new job meanwhile, and the retried job
-runs alone. First attempts still run side by side.
+until the other slots' jobs have finished, the other slots take no new job meanwhile (one taken in that
+instant goes back to the queue untouched), and the retried job runs alone. First attempts still run side
+by side.
 
 ```python
 gate = SoloGate()
@@ -27,6 +28,11 @@ class SoloGate:
         self._beside = 0  # first attempts running
         self._alone_waiting_or_running = 0
         self._alone_running = False
+
+    def is_open(self) -> bool:
+        """No retried job waits or runs: a job taken now may run."""
+        with self._changed:
+            return self._alone_waiting_or_running == 0
 
     def wait_open(self, timeout: float) -> bool:
         """Until no retried job waits or runs (then a slot may take a job); False after `timeout`."""

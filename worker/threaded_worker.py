@@ -31,7 +31,7 @@ from typing import Any
 import redis
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.registry import clean_registries
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
@@ -137,6 +137,14 @@ class SlotWorker(SimpleWorker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         if fail_refused(job, queue):
+            return
+        if not self.gate.is_open():
+            # Taken in the instant a retried job closed the gate (this slot was already waiting on the
+            # queue): back to the front of the queue, untouched, so it cannot die beside that job.
+            with queue.connection.pipeline() as pipeline:
+                pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
+                pipeline.lpush(queue.key, job.id)
+                pipeline.execute()
             return
         execution = self.prepare_execution(job)
         self.running = (job, execution)  # from here the main thread keeps its heartbeat fresh
@@ -374,11 +382,17 @@ class ThreadedWorker:
             ):
                 continue
             job = self.queue.fetch_job(job_id)
-            if job is not None:
-                log.warning("retrying a job its worker took but never started", request_id=job_id)
-                self.slots[0].handle_job_failure(
-                    job, self.queue, exc_string="its worker died before starting it"
-                )
+            # A stale entry, not a stranded job: its worker died after starting it (the started registry's
+            # clean-up retries it), so it ran, runs or waits in the queue again. Only the entry goes.
+            if (
+                job is None
+                or job.get_status() != JobStatus.QUEUED
+                or self.connection.lpos(self.queue.key, job_id) is not None
+            ):
+                intermediate.remove(job_id)
+                continue
+            log.warning("retrying a job its worker took but never started", request_id=job_id)
+            self.slots[0].handle_job_failure(job, self.queue, exc_string="its worker died before starting it")
             intermediate.remove(job_id)
 
     def _drain(self) -> None:

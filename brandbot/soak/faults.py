@@ -78,6 +78,7 @@ FAULTS: dict[str, Fault] = {
         Fault("slack-drop", drop_slack),
         Fault("discord-drop", drop_discord),
         Fault("poison", nothing, marker=POISON_MARKER),
-        Fault("engine-stall", nothing, marker=STALL_MARKER, marker_expects_error=False),
+        # The stalling question sticks every engine that takes it, the retry's too: one clear error.
+        Fault("engine-stall", nothing, marker=STALL_MARKER),
     )
 }
