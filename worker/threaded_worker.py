@@ -353,7 +353,7 @@ class ThreadedWorker:
             if self.connection.set(lock, self.name, nx=True, ex=self._recovery_lock_seconds):
                 try:
                     clean_registries(self.queue)
-                    self._retry_stranded()
+                    self._requeue_stranded()
                 finally:
                     self.connection.delete(lock)
             names: Any = self.connection.smembers(keys.WORKERS_SET)
@@ -363,8 +363,8 @@ class ThreadedWorker:
         except redis.RedisError as error:
             log.warning("redis unreachable, maintenance skipped", error_type=type(error).__name__)
 
-    def _retry_stranded(self) -> None:
-        """Retry jobs left in RQ's intermediate list by a worker killed between taking and starting them.
+    def _requeue_stranded(self) -> None:
+        """Requeue jobs left in RQ's intermediate list by a worker killed between taking and starting them.
 
         A job is there for a moment in a live worker too, so only one seen there on an earlier pass, longer
         than a job heartbeat ago, is taken for stranded (RQ's own clean-up waits a minute and runs every
@@ -391,9 +391,12 @@ class ThreadedWorker:
             ):
                 intermediate.remove(job_id)
                 continue
-            log.warning("retrying a job its worker took but never started", request_id=job_id)
-            self.slots[0].handle_job_failure(job, self.queue, exc_string="its worker died before starting it")
-            intermediate.remove(job_id)
+            # It never started, so this is not another attempt: back to the front of the queue, untouched.
+            log.warning("requeueing a job its worker took but never started", request_id=job_id)
+            with self.connection.pipeline() as pipeline:
+                pipeline.lrem(self.queue.intermediate_queue_key, 1, job_id)
+                pipeline.lpush(self.queue.key, job_id)
+                pipeline.execute()
 
     def _drain(self) -> None:
         log.info("draining", in_flight=self.busy_slots(), grace_seconds=self._grace)
