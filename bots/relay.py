@@ -305,7 +305,9 @@ class _Relay:
         """Past the deadline: a job still queued behind busy workers waits on; anything else ends."""
         try:
             status = await self.queue.job_status(self.request_id)
-            waiting = status in WAITING_STATUSES and not await self._no_worker_alive()
+            # Taken by a worker this instant, its start not read yet: a long queue, not a stuck answer.
+            just_taken = status == "started" and not self.started
+            waiting = (status in WAITING_STATUSES or just_taken) and not await self._no_worker_alive()
         except QueueUnavailable:
             waiting = False
         if waiting:

@@ -67,6 +67,11 @@ def worker_heartbeat(worker_name: str) -> str:
 WORKERS_SET = f"{KEY_PREFIX}:workers"
 
 
+def recovery_lock(queue_name: str) -> str:
+    """Held by the worker retrying a queue's abandoned jobs; short-lived: a dead holder soon frees it."""
+    return f"{KEY_PREFIX}:recovery-lock:{queue_name}"
+
+
 def feedback(request_id: str) -> str:
     """Stored conversation and rating of one answered request (for the fine-tuning export)."""
     return f"{KEY_PREFIX}:feedback:{request_id}"

@@ -79,3 +79,31 @@ def _bar(title: str, total: int, out: TextIO) -> Iterator[Step]:
 
         yield step
         progress.update(task, completed=total, description=title)
+
+
+Advance = Callable[[int], None]
+
+
+@contextmanager
+def progress_count(title: str, *, total: int, stream: TextIO | None = None) -> Iterator[Advance]:
+    """Count `total` things done; yields `advance(n)`. A bar in a terminal, else a line per tenth done."""
+    out = stream or sys.stderr
+    if out.isatty():
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=Console(file=out),
+        ) as progress:  # fmt: skip
+            task = progress.add_task(title, total=total)
+            yield lambda n: progress.advance(task, n)
+        return
+    done, shown = 0, 0
+
+    def advance(n: int) -> None:
+        nonlocal done, shown
+        done += n
+        tenth = done * 10 // max(total, 1)
+        if tenth > shown:
+            shown = tenth
+            print(f"{title}: {done}/{total}", file=out, flush=True)
+
+    yield advance

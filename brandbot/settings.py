@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     generation_deadline_seconds: float = Field(
         120.0, gt=0, description="A reply stops (marked cut short) once generating takes this long."
     )
+    engine_stall_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A worker whose engine makes no progress this long while answering stops (its questions "
+        "are retried on another worker, its supervisor restarts it) instead of freezing.",
+    )
     metrics_port: int | None = Field(
         None,
         ge=1,

@@ -69,3 +69,17 @@ def test_each_reply_event_parses_back_to_its_own_type() -> None:
 def test_unknown_event_type_is_rejected() -> None:
     with pytest.raises(ValidationError):
         parse_reply_event(b'{"type": "shell", "cmd": "rm -rf /"}')
+
+
+def test_lone_surrogates_in_what_people_wrote_become_replacement_characters_and_the_request_encodes() -> None:
+    request = a_request(
+        user=UserRef(id="U1", display_name="Ada\udc80"),
+        channel_name="gen\ud800eral",
+        turns=[Turn(role=Role.USER, content="hi \ud800 there \U0001f600", name="\udfffAda")],
+    )
+
+    wire = request.model_dump_json().encode("utf-8")  # what goes to Redis
+
+    [turn] = GenerationRequest.model_validate_json(wire).turns
+    assert turn.content == "hi \ufffd there \U0001f600" and turn.name == "\ufffdAda"
+    assert request.user.display_name == "Ada\ufffd" and request.channel_name == "gen\ufffderal"

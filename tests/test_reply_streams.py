@@ -11,6 +11,7 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterator
 
+import psutil  # installed with accelerate (the cpu extra)
 import pytest
 import redis
 import redis.asyncio
@@ -18,6 +19,7 @@ from rq.job import Job
 from structlog.testing import capture_logs
 
 from bots.relay import ChannelPacer, RelayOutcome, StreamingEditor, relay_reply
+from bots.relay_book import RelayBook
 from brandbot import keys, messages
 from brandbot.contract import DeltaEvent, DoneEvent, FinishReason, GenerationRequest, StartEvent, Usage
 from brandbot.errors import QueueUnavailable
@@ -93,16 +95,21 @@ def done(text: str) -> DoneEvent:
     return DoneEvent(text=text, finish_reason=FinishReason.STOP, usage=usage)
 
 
+def ours(client: redis.Redis, db: int) -> list[dict[str, str]]:
+    """CLIENT LIST's entries for this process's connections to `db` (other processes share the server)."""
+    ports = {c.laddr.port for c in psutil.Process().net_connections(kind="tcp") if c.laddr}
+    clients: list[dict[str, str]] = client.client_list()  # type: ignore[assignment]
+    return [e for e in clients if e.get("db") == str(db) and int(e["addr"].rsplit(":", 1)[1]) in ports]
+
+
 def front_end_connections(client: redis.Redis) -> int:
     """Connections the front-end's queue client holds open (named by it in CLIENT LIST)."""
-    clients: list[dict[str, str]] = client.client_list()  # type: ignore[assignment]
-    return sum(1 for entry in clients if entry.get("name") == CLIENT_NAME)
+    return sum(1 for entry in ours(client, TEST_DB) if entry.get("name") == CLIENT_NAME)
 
 
 def connections_on_db(client: redis.Redis, db: int) -> int:
-    """Every connection on `db` except this test's own, whatever name it carries."""
-    clients: list[dict[str, str]] = client.client_list()  # type: ignore[assignment]
-    return sum(1 for entry in clients if entry.get("db") == str(db) and entry.get("name") != TEST_CLIENT)
+    """Every connection of this process on `db` except the test's own, whatever name it carries."""
+    return sum(1 for entry in ours(client, db) if entry.get("name") != TEST_CLIENT)
 
 
 @pytest.fixture
@@ -361,3 +368,50 @@ async def test_job_that_finished_between_read_and_check_is_answered_not_reported
     assert await follower.next(timeout=0.2) is None  # nothing after the answer: no ReplyLost
     assert follower.ended
     assert not [entry for entry in logs if entry["event"] == "reply lost"]
+
+
+async def test_a_lease_that_lapsed_while_its_process_was_busy_is_kept_unless_another_took_it(
+    test_client: redis.Redis,
+) -> None:
+    connection = redis.asyncio.Redis.from_url(TEST_REDIS_URL)
+    book = RelayBook(connection, platform="slack", retention_seconds=60)
+    twin = RelayBook(connection, platform="slack", retention_seconds=60)
+    for request_id in ("lapsed", "taken"):
+        assert await book.take((f"ev-{request_id}",), request_id, {"model": "default", "sink": {}})
+        test_client.delete(keys.relay_lease("slack", request_id))  # renewed too late: it lapsed
+    assert await twin.claim("taken")  # another process took this one over meanwhile
+
+    lost = await book.renew()
+    await connection.aclose()
+
+    assert lost == ["taken"]
+    assert book.holds("lapsed") and not book.holds("taken")
+
+
+async def test_an_answer_a_worker_takes_just_at_the_deadline_is_relayed_not_timed_out(
+    test_client: redis.Redis,
+) -> None:
+    """A long queue: the job waited its whole deadline and a worker took it just then (its start not out
+    yet). The relay waits on, as it does for a queued job, and shows the answer."""
+    queue = queue_at(TEST_REDIS_URL, retention_seconds=60, deadline_seconds=30)
+    publisher = ReplyPublisher(test_client, retention_seconds=60)
+    test_client.hset(Job.key_for("late"), "status", "started")
+    test_client.expire(Job.key_for("late"), 60)
+    test_client.sadd(keys.WORKERS_SET, "w1")  # the worker that took it is alive
+    test_client.hset(keys.worker_heartbeat("w1"), mapping={"model": "default", "live_slots": "1"})
+    chat = ChatTranscript()
+    editor = StreamingEditor(chat, ChannelPacer(0.01))
+    await editor.start(messages.THINKING)
+    relay = asyncio.create_task(
+        relay_reply(
+            queue=queue, request_id="late", editor=editor, model="default", worker_wait_seconds=600,
+            deadline_seconds=1,
+        )
+    )  # fmt: skip
+    await asyncio.sleep(1.5)  # past the deadline, nothing read yet
+    publisher.publish("late", StartEvent(), DeltaEvent(text="on time"), done("on time"))
+    outcome = await asyncio.wait_for(relay, timeout=30)
+    await queue.close()
+
+    assert outcome.status == "done"
+    assert list(chat.messages.values()) == ["on time"]

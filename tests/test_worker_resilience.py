@@ -7,10 +7,12 @@ variables read by the worker's entry point): a slow slot start-up, an engine tha
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import redis
 from rq import Queue, Worker
 from rq.job import Job
@@ -32,10 +34,12 @@ from tests.test_worker_process import (
     wait_for,
 )
 from worker.faults import (
+    DIE_ON_PROMPT_TEXT,
     ENGINE_BATCH_LIMIT,
     KILL_ENGINE_THREAD_AT_IN_FLIGHT,
     PUBLISH_OUTAGE,
     SLOT_START_DELAY,
+    STALL_ON_PROMPT_TEXT,
 )
 
 OUTAGE_WINDOW_SECONDS = 1.0
@@ -220,3 +224,84 @@ def test_redis_gone_longer_than_a_reply_may_wait_frees_the_engine_and_the_worker
     wait_for(lambda: "job slot died, restarting it" in worker.log(), 30, "the dead slot's restart")
     wait_for(lambda: [h["live_slots"] for h in heartbeats(client)] == ["4"], 30, "four live slots")
     assert worker.process.poll() is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_question_a_killed_worker_took_but_never_started_is_answered(
+    start_worker: Callable[..., WorkerProcess], redis_client: redis.Redis, settings: Callable[..., Settings]
+) -> None:
+    request = a_request("hello from the intermediate list")
+    enqueue(settings(), request)
+    queue_key = Queue.redis_queue_namespace_prefix + keys.model_queue("default")
+    # Where a worker SIGKILLed between taking a job and starting it leaves the job: RQ's intermediate list.
+    redis_client.lmove(queue_key, f"{queue_key}:intermediate")
+
+    start_worker(**FAST_RECOVERY)
+
+    wait_for(lambda: bool(dones(redis_client, request.request_id)), 60, "the stranded question's answer")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_maintenance_lock_left_by_a_killed_worker_does_not_hold_up_recovery(
+    start_worker: Callable[..., WorkerProcess],
+    redis_client: redis.Redis,
+    settings: Callable[..., Settings],
+    long_persona: str,  # noqa: F811 - the imported fixture
+) -> None:
+    doomed = start_worker(**FAST_RECOVERY)
+    request = a_request("hello", long_persona)
+    enqueue(settings(), request)
+    wait_for(lambda: streaming(redis_client, request.request_id), 30, "generation to start")
+    doomed.stop(signal.SIGKILL)
+    # As if it died while cleaning the registries: RQ's own lock stays for 15 minutes.
+    queue = Queue(keys.model_queue("default"), connection=redis_client, serializer=JSONSerializer)
+    redis_client.delete(queue.registry_cleaning_key)
+    assert queue.acquire_maintenance_lock()
+
+    start_worker(**FAST_RECOVERY)
+
+    wait_for(lambda: bool(dones(redis_client, request.request_id)), 120, "the abandoned question's answer")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # hang limit: up to four worker start-ups on a shared CPU
+def test_a_poison_question_does_not_spend_the_retries_of_the_questions_beside_it(
+    start_worker: Callable[..., WorkerProcess], redis_client: redis.Redis, settings: Callable[..., Settings]
+) -> None:
+    innocent = [a_request(f"hello {i}") for i in range(3)]
+    poison = a_request("this one kills its worker: POISON")
+    enqueue(settings(), *innocent, poison)
+    deaths = 0
+    # Every worker dies on the poison question, each time it is tried; its supervisor starts another.
+    while deaths < 4 and not all(dones(redis_client, r.request_id) for r in innocent):
+        worker = start_worker(env={DIE_ON_PROMPT_TEXT: "POISON"}, **FAST_RECOVERY)
+        wait_for(
+            lambda w=worker: (  # type: ignore[misc]
+                w.process.poll() is not None or all(dones(redis_client, r.request_id) for r in innocent)
+            ),
+            120,
+            "the worker to die or answer",
+        )
+        deaths += worker.process.poll() is not None
+
+    assert all(dones(redis_client, r.request_id) for r in innocent), f"{deaths} worker deaths"
+    assert not dones(redis_client, poison.request_id)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # hang limit: three worker start-ups on a shared CPU
+def test_a_stalled_engine_stops_its_worker_and_its_questions_are_answered_by_another(
+    start_worker: Callable[..., WorkerProcess], redis_client: redis.Redis, settings: Callable[..., Settings]
+) -> None:
+    innocent = a_request("hello")
+    stalling = a_request("this one sticks the engine: STALL")
+    stalled = start_worker(env={STALL_ON_PROMPT_TEXT: "STALL"}, engine_stall_seconds=3, **FAST_RECOVERY)
+    enqueue(settings(), innocent, stalling)
+
+    assert stalled.process.wait(timeout=60) != 0  # a hang limit: without a watchdog it waits for ever
+    assert "no progress" in stalled.log()
+    start_worker(**FAST_RECOVERY)
+    wait_for(lambda: bool(dones(redis_client, innocent.request_id)), 120, "the innocent question's answer")
+    wait_for(lambda: bool(dones(redis_client, stalling.request_id)), 120, "the stalling question's answer")

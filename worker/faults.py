@@ -26,6 +26,7 @@ ENGINE_BATCH_LIMIT = "BRANDBOT_TEST_ENGINE_BATCH_LIMIT"
 KILL_ENGINE_THREAD_AT_IN_FLIGHT = "BRANDBOT_TEST_KILL_ENGINE_THREAD_AT_IN_FLIGHT"
 PUBLISH_OUTAGE = "BRANDBOT_TEST_PUBLISH_OUTAGE_SECONDS"
 DIE_ON_PROMPT_TEXT = "BRANDBOT_TEST_DIE_ON_PROMPT_TEXT"
+STALL_ON_PROMPT_TEXT = "BRANDBOT_TEST_STALL_ON_PROMPT_TEXT"
 LOAD_DELAY = "BRANDBOT_TEST_LOAD_DELAY_SECONDS"
 
 WATCH_INTERVAL_SECONDS = 0.01
@@ -56,6 +57,10 @@ class WorkerFaults:
     load_delay_seconds: float = 0.0
     """The worker waits this long before it loads the model (a large model on a slow disk)."""
 
+    stall_on_prompt_text: str | None = None
+    """The engine's generation thread gets stuck for good when a prompt holding this text reaches the
+    engine: every generation in it stops making progress, nothing fails (a hung CUDA call)."""
+
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> WorkerFaults:
         def number(name: str) -> int | None:
@@ -68,6 +73,7 @@ class WorkerFaults:
             publish_outage_seconds=float(environ[PUBLISH_OUTAGE]) if environ.get(PUBLISH_OUTAGE) else None,
             die_on_prompt_text=environ.get(DIE_ON_PROMPT_TEXT) or None,
             load_delay_seconds=float(environ.get(LOAD_DELAY) or 0.0),
+            stall_on_prompt_text=environ.get(STALL_ON_PROMPT_TEXT) or None,
         )
 
     def delay_slot_start(self, setup: Callable[[], object]) -> Callable[[], object]:
@@ -83,6 +89,7 @@ class WorkerFaults:
     def arm(self, engine: Engine) -> None:
         """Start watching `engine`; kill its generation thread once enough requests are in it."""
         self._arm_poison(engine)
+        self._arm_stall(engine)
         threshold = self.kill_engine_thread_at_in_flight
         thread = engine.generation_thread
         if threshold is None or thread is None:
@@ -114,3 +121,32 @@ class WorkerFaults:
             return submit(prompt, sampling, deadline_seconds=deadline_seconds)
 
         setattr(engine, "submit", submit_or_die)  # noqa: B010 - an instance attribute over the method
+
+    def _arm_stall(self, engine: Engine) -> None:
+        marker = self.stall_on_prompt_text
+        if not marker:
+            return
+        stalled = threading.Event()
+        submit = engine.submit
+
+        def submit_or_stall(
+            prompt: str, sampling: SamplingSettings, *, deadline_seconds: float
+        ) -> GenerationStream:
+            if marker in prompt:
+                log.warning("fault injection: the engine stalls")
+                stalled.set()
+            stream = submit(prompt, sampling, deadline_seconds=deadline_seconds)
+            for name in ("put_delta", "finish"):  # both run in the generation thread: it sticks there
+                setattr(stream, name, stuck_once(stalled, getattr(stream, name)))
+            return stream
+
+        setattr(engine, "submit", submit_or_stall)  # noqa: B010 - an instance attribute over the method
+
+
+def stuck_once(stalled: threading.Event, step: Callable[..., None]) -> Callable[..., None]:
+    def maybe_stuck(*args: object) -> None:
+        if stalled.is_set():
+            threading.Event().wait()  # for good: the generation thread never comes back
+        step(*args)
+
+    return maybe_stuck

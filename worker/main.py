@@ -20,6 +20,7 @@ from brandbot.settings import Settings
 from brandbot.templating import ChatTemplate
 from brandbot.usage import UptimeClock, UsageRecorder
 from worker.adapter_match import AdapterMatcher
+from worker.engine_watchdog import EngineWatchdog
 from worker.engines import GpuOptions, load_engine, select_engine
 from worker.engines.selection import EngineChoice
 from worker.environment import seal_process_environment
@@ -127,6 +128,8 @@ def _serve(
     # More slots than the engine really runs at once would hold questions here that another worker could
     # start now (ExLlamaV2 without flash-attn generates one at a time).
     slots = min(settings.worker_concurrency, engine.max_concurrency)
+    watchdog = EngineWatchdog(engine, stall_seconds=settings.engine_stall_seconds)
+    watchdog.watch()
     worker = ThreadedWorker(
         connection=connection,
         queue_name=keys.model_queue(settings.model_name),
@@ -140,7 +143,7 @@ def _serve(
             "engine_concurrency": str(engine.max_concurrency),
             "tokens_per_second": f"{metrics.token_rate.per_second():.1f}",
         },
-        fatal_error=lambda: engine.failure,
+        fatal_error=watchdog.failure,
         on_drain_timeout=service.abort_all,
         drain_grace_seconds=settings.drain_grace_seconds,
         job_heartbeat_ttl=settings.job_heartbeat_ttl_seconds,

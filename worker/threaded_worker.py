@@ -31,7 +31,7 @@ from typing import Any
 import redis
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.registry import clean_registries
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
@@ -41,6 +41,7 @@ from brandbot.errors import WorkerFailed
 from brandbot.logs import get_logger
 from brandbot.queue import oldest_wait_seconds
 from worker.admission import AdmittedJob, fail_refused
+from worker.solo_gate import SoloGate
 
 log = get_logger(__name__)
 
@@ -56,6 +57,9 @@ MAINTENANCE_INTERVAL_SECONDS = 15.0
 SLOT_WORKER_TTL_SECONDS = 16
 """RQ blocks on the queue for (ttl - 15) seconds at a time: 1 s, so an idle slot notices a stop at once."""
 
+RECOVERY_LOCK_MIN_SECONDS = 10
+"""The recovery lock's shortest life: a pass over a long registry takes a few seconds."""
+
 SUPERVISE_INTERVAL_SECONDS = 1.0
 """How often dead slots are restarted and a fatal error (a dead engine) is looked for."""
 
@@ -68,14 +72,31 @@ SLOT_DEATHS_TOLERATED_PER_SLOT = 3
 SLOT_DEATH_WINDOW_SECONDS = 60.0
 
 
+SOLO_WAIT_SECONDS = 1.0
+"""A slot held back by a retried job running alone looks again this often (and notices a stop)."""
+
+
+def is_retry(job: Job) -> bool:
+    """A job run again after its worker died (or its attempt failed): it may be what killed the worker."""
+    max_attempts = int(job.meta.get("max_attempts", 1))
+    return job.retries_left is not None and job.retries_left < max_attempts - 1
+
+
 class SlotWorker(SimpleWorker):
     """A `SimpleWorker` that runs in a thread of `ThreadedWorker`."""
 
     death_penalty_class = TimerDeathPenalty
     job_class = AdmittedJob  # only the reply job runs: see worker/admission.py
 
-    def __init__(self, *args: Any, job_heartbeat_ttl: int = JOB_HEARTBEAT_TTL_SECONDS, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        job_heartbeat_ttl: int = JOB_HEARTBEAT_TTL_SECONDS,
+        gate: SoloGate | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.gate = gate or SoloGate()
         self.running: tuple[Job, Execution] | None = None
         self.registered = False
         self.job_heartbeat_ttl = job_heartbeat_ttl
@@ -103,6 +124,8 @@ class SlotWorker(SimpleWorker):
     ) -> tuple[Job, Queue] | None:
         # RQ's loop keeps blocking on the queue until a job arrives; a slot must also notice a stop.
         while not self._stop_requested:
+            if not self.gate.wait_open(timeout=SOLO_WAIT_SECONDS):
+                continue  # a retried job waits to run alone: take nothing that could die with it
             result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time=timeout)
             if result is not None:
                 return result
@@ -115,10 +138,19 @@ class SlotWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         if fail_refused(job, queue):
             return
+        if not self.gate.is_open():
+            # Taken in the instant a retried job closed the gate (this slot was already waiting on the
+            # queue): back to the front of the queue, untouched, so it cannot die beside that job.
+            with queue.connection.pipeline() as pipeline:
+                pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
+                pipeline.lpush(queue.key, job.id)
+                pipeline.execute()
+            return
         execution = self.prepare_execution(job)
-        self.running = (job, execution)
+        self.running = (job, execution)  # from here the main thread keeps its heartbeat fresh
         try:
-            self.perform_job(job, queue, execution)
+            with self.gate.alone() if is_retry(job) else self.gate.beside():
+                self.perform_job(job, queue, execution)
         finally:
             self.running = None
         self.set_state("idle")
@@ -173,7 +205,10 @@ class ThreadedWorker:
         self._grace = drain_grace_seconds
         self._job_heartbeat_ttl = job_heartbeat_ttl
         self._maintenance_interval = maintenance_interval
+        # Outlives a recovery pass, expires soon after a worker killed during one.
+        self._recovery_lock_seconds = max(int(maintenance_interval * 2), RECOVERY_LOCK_MIN_SECONDS)
         self._stop = threading.Event()
+        self._gate = SoloGate()
         self.slots = [self._new_slot(index) for index in range(slots)]
         self._threads: list[threading.Thread | None] = [None] * slots
         self._slot_deaths: deque[float] = deque()
@@ -189,6 +224,7 @@ class ThreadedWorker:
             log_job_description=False,  # descriptions would be users' questions
             disable_default_exception_handler=False,
             job_heartbeat_ttl=self._job_heartbeat_ttl,
+            gate=self._gate,
         )
 
     def request_stop(self, *_: object) -> None:
@@ -307,19 +343,60 @@ class ThreadedWorker:
         self._redis_reachable = True
 
     def _recover_abandoned(self) -> None:
-        """Retry jobs whose worker died (their heartbeat expired); one worker per queue does it at a time."""
+        """Retry jobs whose worker died (their heartbeat expired); one worker per queue does it at a time.
+
+        The lock is our own, short-lived one: RQ's (`acquire_maintenance_lock`) lives 15 minutes, so a
+        worker SIGKILLed while holding it would stop every recovery for that long.
+        """
+        lock = keys.recovery_lock(self.queue.name)
         try:
-            if self.queue.acquire_maintenance_lock():
+            if self.connection.set(lock, self.name, nx=True, ex=self._recovery_lock_seconds):
                 try:
                     clean_registries(self.queue)
+                    self._requeue_stranded()
                 finally:
-                    self.queue.release_maintenance_lock()
+                    self.connection.delete(lock)
             names: Any = self.connection.smembers(keys.WORKERS_SET)
             for name in names:
                 if not self.connection.exists(keys.worker_heartbeat(keys.as_text(name))):
                     self.connection.srem(keys.WORKERS_SET, name)
         except redis.RedisError as error:
             log.warning("redis unreachable, maintenance skipped", error_type=type(error).__name__)
+
+    def _requeue_stranded(self) -> None:
+        """Requeue jobs left in RQ's intermediate list by a worker killed between taking and starting them.
+
+        A job is there for a moment in a live worker too, so only one seen there on an earlier pass, longer
+        than a job heartbeat ago, is taken for stranded (RQ's own clean-up waits a minute and runs every
+        ten).
+        """
+        intermediate = self.queue.intermediate_queue
+        started = self.queue.started_job_registry
+        for job_id in intermediate.get_job_ids():
+            if job_id in started or intermediate.set_first_seen(job_id):
+                continue
+            first_seen = intermediate.get_first_seen(job_id)
+            if (
+                first_seen is None
+                or (datetime.now(UTC) - first_seen).total_seconds() < self._job_heartbeat_ttl
+            ):
+                continue
+            job = self.queue.fetch_job(job_id)
+            # A stale entry, not a stranded job: its worker died after starting it (the started registry's
+            # clean-up retries it), so it ran, runs or waits in the queue again. Only the entry goes.
+            if (
+                job is None
+                or job.get_status() != JobStatus.QUEUED
+                or self.connection.lpos(self.queue.key, job_id) is not None
+            ):
+                intermediate.remove(job_id)
+                continue
+            # It never started, so this is not another attempt: back to the front of the queue, untouched.
+            log.warning("requeueing a job its worker took but never started", request_id=job_id)
+            with self.connection.pipeline() as pipeline:
+                pipeline.lrem(self.queue.intermediate_queue_key, 1, job_id)
+                pipeline.lpush(self.queue.key, job_id)
+                pipeline.execute()
 
     def _drain(self) -> None:
         log.info("draining", in_flight=self.busy_slots(), grace_seconds=self._grace)

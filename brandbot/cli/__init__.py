@@ -16,6 +16,7 @@ from brandbot.cli.feedback import feedback_app
 from brandbot.cli.operator import failed_app, probe, status
 from brandbot.cli.prompts import prompts_app
 from brandbot.cli.settings import settings_app
+from brandbot.cli.soak import soak
 from brandbot.cli.tune import tune
 from brandbot.cli.up import up
 from brandbot.cli.usage import usage
@@ -50,6 +51,7 @@ app.command()(status)
 app.command()(probe)
 app.add_typer(failed_app, name="failed")
 app.command()(usage)
+app.command()(soak)
 
 
 def fail(message: str, *, code: int = 1) -> None:

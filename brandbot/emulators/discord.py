@@ -296,6 +296,10 @@ class DiscordEmulator:
             perms |= roles.get(str(role_id), 0)
         return ALL_PERMISSIONS if perms & ADMINISTRATOR else perms
 
+    def live_sessions(self) -> int:
+        """Gateway sessions that are connected and ready."""
+        return sum(1 for s in self._sessions if not s.ended and not s.invalid and s.conn is not None)
+
     def messages_in(self, channel_id: int) -> list[JSON]:
         """Stored messages of a channel, oldest first (ephemeral interaction messages are not in channels)."""
         found = [m for m in self.messages.values() if m["channel_id"] == str(channel_id)]

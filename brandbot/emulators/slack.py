@@ -161,6 +161,14 @@ class SlackEmulator:
         ]
         return sorted(found, key=lambda m: ts_key(m.ts))
 
+    def connected_clients(self) -> int:
+        """Socket Mode connections open now."""
+        return len(self._sockets)
+
+    def all_messages(self) -> list[Message]:
+        """Every current message of every channel, in no particular order."""
+        return list(self._messages.values())
+
     def add_user(self, user_id: str, name: str, *, real_name: str = "", **extra: Any) -> dict[str, Any]:
         """Register a user for users.info (``extra`` keys go into the user object)."""
         real = real_name or name.title()

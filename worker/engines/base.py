@@ -57,6 +57,10 @@ class GenerationResult:
 _END = object()
 
 
+def _nothing() -> None:
+    pass
+
+
 class GenerationStream:
     """Deltas of one generation, readable from a thread (`for delta in stream`) or a coroutine (`async for`).
 
@@ -73,6 +77,8 @@ class GenerationStream:
         self.error: BaseException | None = None
         self._cancelled = threading.Event()
         self._items: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self.on_progress: Callable[[], None] = _nothing
+        """Called from the generation thread at each delta and at the end (the stall watchdog's clock)."""
 
     # -- consumer side --------------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -118,10 +124,12 @@ class GenerationStream:
         self.deadline_at = self.admitted_at + self.deadline_seconds
 
     def put_delta(self, text: str) -> None:
+        self.on_progress()
         if text:
             self._items.put(text)
 
     def finish(self, result: GenerationResult) -> None:
+        self.on_progress()
         self.result = result
         self._items.put(_END)
 
@@ -199,6 +207,13 @@ class Engine(ABC):
     def failure(self) -> str | None:
         """Why this engine can generate nothing more (its generation thread died), or None."""
         return self._failure
+
+    def declare_stalled(self, reason: str) -> None:
+        """From outside the generation thread: it is stuck, so this engine generates nothing more; every
+        stream ends with `EngineDied` (their questions are retried elsewhere) and `failure` says why."""
+        if self._failure is None:
+            self._failure = reason
+            self._fail_every_stream(EngineDied(reason))
 
     @property
     def generation_thread(self) -> threading.Thread | None:

@@ -1,0 +1,44 @@
+"""The soak, smaller: every fault against real processes (Redis with append-only persistence, the Slack
+and Discord emulators, two workers on the tiny model, one process of each front-end), each question
+counted in the emulators' message stores. `brandbot soak` runs the full size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from brandbot.soak.faults import FAULTS
+from brandbot.soak.scenario import SoakPlan, no_bar, run_soak
+from brandbot.soak.tally import render
+
+QUESTIONS_PER_FAULT = 20
+"""About 150 questions over the faults: enough for every fault to hit answers mid-stream."""
+
+
+@pytest.mark.soak
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # a hang limit: the scenarios wait for recoveries on a shared CPU
+async def test_every_question_gets_exactly_one_answer_or_one_error_through_every_fault(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    faults = tuple(name for name in FAULTS if name != "none")
+    plan = SoakPlan(
+        run_dir=tmp_path / "soak",
+        model_dir=tiny_model,
+        questions=QUESTIONS_PER_FAULT,
+        users=10,
+        discord_share=0.3,
+        duration_seconds=240,
+        faults=faults,
+    )
+
+    tallies = await run_soak(plan, bar=no_bar)
+
+    table = render(tallies)
+    assert [t.fault for t in tallies] == list(faults), table
+    assert all(t.lost == 0 and t.duplicated == 0 for t in tallies), table
+    assert all(t.recovered for t in tallies), table
+    assert all(t.answered + t.errors_shown == t.questions for t in tallies), table
+    poison = next(t for t in tallies if t.fault == "poison")
+    assert poison.errors_shown == 1 and poison.answered == QUESTIONS_PER_FAULT - 1, table
