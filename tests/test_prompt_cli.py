@@ -131,7 +131,7 @@ def test_show_prints_the_prompt_in_the_models_chat_template_with_its_token_count
     assert prompt.endswith("<|im_start|>user\nWhere is my invoice?<|im_end|>\n<|im_start|>assistant")
     tokens = len(AutoTokenizer.from_pretrained(tiny_model).encode(prompt + "\n", add_special_tokens=False))
     assert lines[end].split(" tokens")[0].endswith(f" {tokens}")
-    assert "answer up to 400 tokens" in lines[end]
+    assert "answer up to 160 tokens" in lines[end]
 
 
 def test_show_without_a_persona_says_which_one_routing_picks_and_why(

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from brandbot.evals.checks import judge
 from brandbot.evals.workers import worker_environment
+from brandbot.promptfiles.evals import Checks
 from brandbot.settings import Settings
 from tests.conftest import REPO, WorkerProcess, worker_env
 
@@ -216,3 +218,15 @@ def test_the_evals_own_worker_gets_these_settings_and_code_but_no_metrics_port(
     assert env["BRANDBOT_MODEL_DIR"] == str(tmp_path / "models" / "tiny")  # it starts in another folder
     assert env["BRANDBOT_MODEL_NAME"] == "big"
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(REPO)  # this checkout's code, not an installed copy
+
+
+def test_refusal_said_in_full_passes_even_when_the_sentence_goes_on() -> None:
+    refusal = "That's something I can't help with here: please open a ticket at https://acme.example/support."
+    continued = refusal.removesuffix(".") + " and we'll look right away."
+    cut_short = "That's something I can't help with here: please open a ticket."
+
+    def refuses(answer: str) -> bool:
+        return all(check.passed for check in judge(answer, Checks(refuses=True), banned=(), refusal=refusal))
+
+    assert refuses(refusal) and refuses(continued.upper())
+    assert not refuses(cut_short)

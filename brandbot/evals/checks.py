@@ -37,7 +37,9 @@ def judge(answer: str, checks: Checks, *, banned: tuple[str, ...], refusal: str)
             CheckResult(f"exclude /{pattern}/", match is None, f"matched {match and match.group()!r}")
         )
     if checks.refuses:
-        results.append(CheckResult("refuses", _plain(refusal) in plain, "no refusal text in the answer"))
+        # Its closing mark is not part of its words: "…/support and we'll look" said the whole refusal.
+        said = _plain(refusal).rstrip(".!")
+        results.append(CheckResult("refuses", said in plain, "no refusal text in the answer"))
     if checks.max_words is not None:
         words = len(answer.split())
         results.append(
