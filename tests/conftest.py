@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -358,6 +359,15 @@ def private_redis() -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+
+
+def set_sampling(persona: Path, **values: float) -> None:
+    """Set a persona file's sampling values (e.g. `max_new_tokens=16`); each key must be in the file once."""
+    text = persona.read_text()
+    for key, value in values.items():
+        text, count = re.subn(rf"(?m)^(\s+{key}:) .*$", rf"\g<1> {value}", text)
+        assert count == 1, f"{key} is not in {persona} exactly once"
+    persona.write_text(text)
 
 
 def length_note(done: DoneEvent) -> str:

@@ -26,7 +26,7 @@ from brandbot.contract import (
 )
 from brandbot.queue import RequestQueue
 from brandbot.settings import Settings
-from tests.conftest import REPO, WorkerProcess
+from tests.conftest import REPO, WorkerProcess, set_sampling
 
 WAIT_SECONDS = 240.0  # a limit for a hung worker on a crowded CI machine, not a speed requirement
 WORD = re.compile(r"^[A-Za-z]+(?:['’-][A-Za-z]+)*$")
@@ -35,7 +35,7 @@ WORD = re.compile(r"^[A-Za-z]+(?:['’-][A-Za-z]+)*$")
 def greedy(prompts_dir: Path) -> None:
     """Temperature 0: the likeliest token every time, so the answer is the same on every run."""
     persona = prompts_dir / "personas" / "default.yaml"
-    persona.write_text(persona.read_text().replace("temperature: 0.3", "temperature: 0"))
+    set_sampling(persona, temperature=0)
 
 
 def reads_as_sentences(text: str) -> bool:

@@ -22,7 +22,7 @@ from brandbot import messages
 from brandbot.emulators.discord import DiscordEmulator
 from brandbot.emulators.slack import Message, SlackEmulator
 from brandbot.settings import Settings
-from tests.conftest import REPO, WorkerProcess, free_port, worker_env
+from tests.conftest import REPO, WorkerProcess, free_port, set_sampling, worker_env
 from tests.core_fixtures import inflight_records
 from tests.discord_fixtures import discord_emulator  # noqa: F401 (fixture by name)
 from tests.slack_fixtures import front_end_settings, is_final_answer, visible
@@ -67,7 +67,7 @@ async def front_end(command: str, settings: Settings, log_path: Path) -> AsyncIt
 def short_answers(prompts_dir: Path) -> None:
     """A burst of short answers: the test is about losing none, not about the tiny model's speed."""
     persona = prompts_dir / "personas" / "default.yaml"
-    persona.write_text(persona.read_text().replace("max_new_tokens: 256", "max_new_tokens: 16"))
+    set_sampling(persona, max_new_tokens=16)
 
 
 def answers_in(slack: SlackEmulator, asked: list[str]) -> dict[str, list[Message]]:

@@ -120,11 +120,14 @@ async def test_bad_edits_are_logged_and_the_last_good_files_keep_answering(
     support_tokens = expected_prompt_tokens(prompts_dir, tiny_model, request("support", "hi"))
     default_yaml = prompts_dir / "personas" / "default.yaml"
     original = default_yaml.read_bytes()
+    opened = (
+        original.decode().splitlines().index("  repetition_penalty: 1.1") + 1
+    )  # the edit opens a list here
     bad_edits: list[tuple[Callable[[], object], str]] = [
         (
-            lambda: edit(default_yaml, "top_p: 0.9", "top_p: [0.9"),
-            "default.yaml:15: YAML syntax error: expected ',' or ']', but got ':' "
-            "(while parsing a flow sequence started on line 14)",
+            lambda: edit(default_yaml, "repetition_penalty: 1.1", "repetition_penalty: [1.1"),
+            f"default.yaml:{opened + 1}: YAML syntax error: expected ',' or ']', but got ':' "
+            f"(while parsing a flow sequence started on line {opened})",
         ),
         (lambda: edit(default_yaml, "{{ company }}", "{{ compnay }}"), "unknown template variable 'compnay'"),
         (lambda: default_yaml.write_bytes(original.replace(b"Brandbot", b"Br\xe4ndbot")), "not UTF-8 text"),

@@ -11,6 +11,7 @@ import pytest
 
 from brandbot.errors import PromptFileError
 from brandbot.promptfiles import LivePromptLibrary
+from tests.conftest import set_sampling
 
 WAIT_SECONDS = 20.0  # generous: a loaded CI machine must not fail the test; nothing asserts speed
 
@@ -52,9 +53,10 @@ def test_prompt_edit_applies_on_reload_and_bumps_the_version(live: LivePromptLib
 
 def test_bad_edit_is_rejected_and_the_last_good_configuration_stays(live: LivePromptLibrary) -> None:
     good = live.current()
-    edit(default_yaml(live), "temperature: 0.3", "temperature: 7")
+    set_sampling(default_yaml(live), temperature=7)
+    line = default_yaml(live).read_text().splitlines().index("  temperature: 7") + 1
     problems = live.reload()
-    assert problems == [f"{default_yaml(live)}:13: sampling.temperature: must be ≤ 2"]
+    assert problems == [f"{default_yaml(live)}:{line}: sampling.temperature: must be ≤ 2"]
     assert live.current() is good and live.version == 1
     assert live.last_problems == problems
 
@@ -66,11 +68,12 @@ def test_saving_unchanged_files_is_not_a_new_version(live: LivePromptLibrary) ->
 
 def test_request_keeps_its_snapshot_through_a_reload(live: LivePromptLibrary) -> None:
     in_flight = live.current()  # what a request took when it started
-    edit(default_yaml(live), "max_new_tokens: 256", "max_new_tokens: 64")
+    shipped = in_flight.default_persona().sampling.max_new_tokens
+    set_sampling(default_yaml(live), max_new_tokens=64)
     edit(live.folder / "routing.yaml", "default_persona: default", "default_persona: support")
     assert live.reload() == []
     assert in_flight.default_persona().name == "default"
-    assert in_flight.default_persona().sampling.max_new_tokens == 256
+    assert in_flight.default_persona().sampling.max_new_tokens == shipped != 64
     assert live.current().default_persona().name == "support"
     assert live.current().persona("default").sampling.max_new_tokens == 64  # type: ignore[union-attr]
 

@@ -21,7 +21,7 @@ from brandbot import keys, messages
 from brandbot.connections import async_client, sync_client
 from brandbot.emulators.slack import Message, SlackEmulator
 from brandbot.settings import Settings
-from tests.conftest import REPO, free_port, length_note
+from tests.conftest import REPO, free_port, length_note, set_sampling
 from tests.redis_servers import SentinelSet, start_worker_on
 from tests.slack_fixtures import done_of, settled, slack_running, visible
 
@@ -41,7 +41,7 @@ def answered(replies: list[Message]) -> bool:
 def short_answers(prompts_dir: Path) -> None:
     """Short answers keep ten of them on a loaded CPU within the test's time limit."""
     persona = prompts_dir / "personas" / "default.yaml"
-    persona.write_text(persona.read_text().replace("max_new_tokens: 256", "max_new_tokens: 48"))
+    set_sampling(persona, max_new_tokens=48)
 
 
 @pytest.fixture

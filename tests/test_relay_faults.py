@@ -19,7 +19,7 @@ from brandbot.contract import DeltaEvent, ReplyEvent, StartEvent
 from brandbot.emulators.slack import SlackEmulator
 from brandbot.settings import Settings
 from brandbot.streams import REDIS_OUTAGE
-from tests.conftest import PrivateRedis, SlackBot, WorkerProcess, wait_for_worker
+from tests.conftest import PrivateRedis, SlackBot, WorkerProcess, set_sampling, wait_for_worker
 from tests.slack_fixtures import (
     MODEL_QUEUE,
     done,
@@ -98,7 +98,7 @@ async def test_redis_restart_mid_answers_leaves_twenty_complete_answers(
 ) -> None:
     persona = prompts_dir / "personas" / "default.yaml"
     # Long enough to be streaming when Redis goes away, also on an idle machine.
-    persona.write_text(persona.read_text().replace("max_new_tokens: 256", "max_new_tokens: 1024"))
+    set_sampling(persona, max_new_tokens=1024)
     base = settings(redis_url=durable_redis.url, edit_interval_seconds=0.5)
     worker = start_worker(redis_url=durable_redis.url, wait=False)
     wait_for_worker(redis.Redis.from_url(durable_redis.url), worker.process, worker.log_path)

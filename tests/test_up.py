@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TEST_REDIS_URL
+from tests.conftest import REPO, TEST_REDIS_URL, set_sampling
 from tests.test_demo_model import reads_as_sentences
 
 WAIT_SECONDS = 240.0  # a limit for a hung process on a crowded CI machine, not a speed requirement
@@ -202,7 +202,7 @@ def test_up_without_redis_starts_valkey_the_demo_model_and_the_chat_and_leaves_n
     demo_model: Path, prompts_dir: Path, tmp_path: Path, running: list[Up]
 ) -> None:
     persona = prompts_dir / "personas" / "default.yaml"
-    persona.write_text(persona.read_text().replace("temperature: 0.3", "temperature: 0"))
+    set_sampling(persona, temperature=0)
     port = free_port()
     # No BRANDBOT_MODEL_DIR: up uses the demo model, here the one the session built already.
     env = up_env(prompts_dir, f"redis://127.0.0.1:{port}/0")
