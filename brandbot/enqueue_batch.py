@@ -15,12 +15,14 @@ await batcher.close()
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 from rq import Queue
+from rq.job import Job
 from rq.queue import EnqueueData
 from rq.serializers import JSONSerializer
 
@@ -34,6 +36,11 @@ GATHER_SECONDS = 0.002
 
 MAX_BATCH = 256
 """Questions per write at most (one MULTI/EXEC); more wait for the next write."""
+
+RIDE_OUT_SECONDS = 10.0
+"""A write is tried again while Redis is unavailable this long (a restart, a failover), then given up."""
+
+RETRY_SECONDS = 0.5
 
 JobData = Callable[[GenerationRequest], EnqueueData]
 """Makes the RQ job of one request (`Queue.prepare_data` with the job's id, timeouts, retries, TTLs)."""
@@ -62,8 +69,10 @@ class EnqueueBatcher:
         make_job: JobData,
         gather_seconds: float = GATHER_SECONDS,
         max_batch: int = MAX_BATCH,
+        ride_out_seconds: float = RIDE_OUT_SECONDS,
     ) -> None:
         self._redis = connection
+        self._ride_out = ride_out_seconds
         self._make_job = make_job
         self._gather = gather_seconds
         self._max_batch = max_batch
@@ -101,7 +110,9 @@ class EnqueueBatcher:
                 await asyncio.sleep(self._gather)  # let the rest of a burst join this write
             batch = self._next_batch()
             try:
-                placed = await asyncio.to_thread(self._write, [(w.request, w.model) for w in batch])
+                placed = await asyncio.to_thread(
+                    self._write_riding_out, [(w.request, w.model) for w in batch]
+                )
             except REDIS_OUTAGE as error:
                 self._fail(batch, QueueUnavailable(f"redis unavailable ({type(error).__name__})"))
             except Exception as error:  # a bug must reach the asker's intake, not end the writer
@@ -137,6 +148,34 @@ class EnqueueBatcher:
             queue = Queue(keys.model_queue(model), connection=self._redis, serializer=JSONSerializer)
             self._queues[model] = queue
         return queue
+
+    def _write_riding_out(self, batch: list[tuple[GenerationRequest, str]]) -> list[Enqueued]:
+        """`_write`, tried again through a short outage. The transaction is all or nothing, so a write whose
+        reply was lost is told by its first job's key: then it went through and is not written twice."""
+        give_up_at = time.monotonic() + self._ride_out
+        while True:
+            try:
+                return self._write(batch)
+            except REDIS_OUTAGE:
+                if time.monotonic() >= give_up_at:
+                    raise
+            time.sleep(RETRY_SECONDS)
+            try:
+                if self._redis.exists(Job.key_for(batch[0][0].request_id)):
+                    return self._placed(batch)
+            except REDIS_OUTAGE:
+                continue
+
+    def _placed(self, batch: list[tuple[GenerationRequest, str]]) -> list[Enqueued]:
+        """Where the jobs of a batch already written stand in their queues now."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            for request, model in batch:
+                pipe.lpos(self._queue(model).key, request.request_id)
+            positions: list[Any] = pipe.execute()
+        return [
+            Enqueued(request.request_id, int(at or 0))
+            for (request, _), at in zip(batch, positions, strict=True)
+        ]
 
     def _write(self, batch: list[tuple[GenerationRequest, str]]) -> list[Enqueued]:
         """One transaction: every job of the batch, then each queue's length, to place each job in it."""

@@ -97,8 +97,9 @@ async def test_redis_restart_mid_answers_leaves_twenty_complete_answers(
     prompts_dir: Path,
 ) -> None:
     persona = prompts_dir / "personas" / "default.yaml"
-    # Long enough to be streaming when Redis goes away, also on an idle machine.
-    set_sampling(persona, max_new_tokens=1024)
+    # Long enough to be streaming when Redis goes away, also on an idle machine (sampled: the tiny model's
+    # greedy answers end early).
+    set_sampling(persona, max_new_tokens=1024, temperature=0.3, repetition_penalty=1.0)
     base = settings(redis_url=durable_redis.url, edit_interval_seconds=0.5)
     worker = start_worker(redis_url=durable_redis.url, wait=False)
     wait_for_worker(redis.Redis.from_url(durable_redis.url), worker.process, worker.log_path)

@@ -117,3 +117,20 @@ async def test_a_burst_meeting_a_stopped_redis_gets_a_clear_error_for_each_quest
     placed = await queue.enqueue(a_question(99, "C1"), model="default")  # the queue serves again
     assert placed.ahead == 0
     await queue.close()
+
+
+async def test_a_question_queued_while_redis_restarts_is_queued_once_when_it_is_back(
+    private_redis: PrivateRedis,
+) -> None:
+    settings = Settings(_env_file=None, redis_url=private_redis.url)  # type: ignore[call-arg]
+    queue = RequestQueue.from_settings(settings)
+    private_redis.stop()
+    question = a_question(1, "C1")
+    queued = asyncio.create_task(queue.enqueue(question, model="default"))
+    await asyncio.sleep(1.5)  # a restart, shorter than the ride-out
+    private_redis.start()
+    placed = await asyncio.wait_for(queued, timeout=30)
+    client = redis.Redis.from_url(private_redis.url)
+    assert placed.ahead == 0
+    assert Queue(keys.model_queue("default"), connection=client).get_job_ids() == [question.request_id]
+    await queue.close()

@@ -276,7 +276,8 @@ def test_a_poison_question_does_not_spend_the_retries_of_the_questions_beside_it
     deaths = 0
     # Every worker dies on the poison question, each time it is tried; its supervisor starts another.
     while deaths < 4 and not all(dones(redis_client, r.request_id) for r in innocent):
-        worker = start_worker(env={DIE_ON_PROMPT_TEXT: "POISON"}, **FAST_RECOVERY)
+        # Not waited for: it may take the poison question and die before it is seen alive.
+        worker = start_worker(wait=False, env={DIE_ON_PROMPT_TEXT: "POISON"}, **FAST_RECOVERY)
         wait_for(
             lambda w=worker: (  # type: ignore[misc]
                 w.process.poll() is not None or all(dones(redis_client, r.request_id) for r in innocent)
