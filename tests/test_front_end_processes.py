@@ -121,19 +121,21 @@ async def test_a_slack_front_end_stopped_mid_intake_leaves_no_question_unanswere
     slack = slack_emulator
     base = front_end_settings(slack, settings(worker_wait_seconds=120.0))
     short_answers(base.prompts_dir)
-    slack.latency["users.info"] = 1.5  # reading who asks is slow: the stop lands mid-intake
-    asked: list[str] = []
+    slack.latency["conversations.replies"] = 1.5  # reading the thread is slow: the stop lands mid-intake
+    asked: list[str] = []  # each question in a thread of its own, whose answer goes there
     async with front_end("slack", base, tmp_path / "first.log") as first:
         await slack.wait_for_client(timeout=30)
         for number in range(BURST):
-            message, envelope = await slack.send_user_message(
+            thread = slack.add_user_message(channel="C1", user="U0", text=f"release {number} is out")
+            _message, envelope = await slack.send_user_message(
                 channel="C1",
                 user=f"U{number}",
                 text=f"<@{slack.bot_user_id}> question {number}",
+                thread_ts=thread.ts,
                 event_type="app_mention",
             )
             await slack.wait_for_ack(envelope)
-            asked.append(message.ts)
+            asked.append(thread.ts)
         code = await first.stop(signal.SIGTERM)
         assert code == 0, first.log()
         assert "Traceback" not in first.log()
@@ -168,20 +170,22 @@ async def test_a_slack_front_end_killed_mid_intake_leaves_no_question_thinking_f
     slack = slack_emulator
     base = front_end_settings(slack, settings(worker_wait_seconds=120.0))
     short_answers(base.prompts_dir)
-    slack.latency["users.info"] = 3.0  # the kill lands while the asker's name is being read
-    asked: list[str] = []
+    slack.latency["conversations.replies"] = 3.0  # the kill lands while the thread is being read
+    asked: list[str] = []  # each question in a thread of its own, whose answer goes there
     async with front_end("slack", base, tmp_path / "first.log") as first:
         await slack.wait_for_client(timeout=30)
         for number in range(4):
-            message, envelope = await slack.send_user_message(
+            thread = slack.add_user_message(channel="C1", user="U0", text=f"release {number} is out")
+            _message, envelope = await slack.send_user_message(
                 channel="C1",
                 user=f"U{number}",
                 text=f"<@{slack.bot_user_id}> hi {number}",
+                thread_ts=thread.ts,
                 event_type="app_mention",
             )
             await slack.wait_for_ack(envelope)
-            asked.append(message.ts)
-        # Placeholders shown and recorded; the names are still being read (a kill between a post and its
+            asked.append(thread.ts)
+        # Placeholders shown and recorded; the thread is still being read (a kill between a post and its
         # record is a window no process can close: the restarted one would post a second placeholder).
         await slack.wait_until(
             lambda: [bool(sink["head_ts"]) for sink in recorded_sinks(redis_client, "slack")] == [True] * 4,

@@ -3,6 +3,7 @@ threads — and the thread's earlier messages as the conversation, with people's
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,30 @@ async def test_reply_in_a_thread_the_bot_answers_in_continues_without_a_new_ment
         (Role.USER, "and for annual plans?", "bob"),
     ]
     assert taken[1].user.display_name == "bob"
+
+
+async def test_a_slow_name_lookup_does_not_hold_the_question_back_and_serves_the_next_one(
+    slack_emulator: SlackEmulator, settings: Callable[..., Settings]
+) -> None:
+    base = settings()
+    slack = slack_emulator
+    slack.add_user("U1", "alice")
+    slack.held["users.info"] = asyncio.Event()  # Slack says who U1 is only when the test lets it
+    async with (
+        slack_running(slack, base) as bot,
+        scripted_worker(base.redis_url, answer_with(ANSWER)) as taken,
+    ):
+        first = await bot.mention("C1", "U1", "first question")
+        await slack.wait_until(lambda: len(taken) == 1, what="the question queued without its asker's name")
+        await bot.wait_for_answer("C1", first.ts)
+        slack.held["users.info"].set()
+        second = await bot.mention("C2", "U1", "second question")
+        await bot.wait_for_answer("C2", second.ts)
+
+    assert [request.user.display_name for request in taken] == ["", "alice"]
+    assert [turn.name for request in taken for turn in request.turns] == [None, "alice"]
+    asked_about = [call.params["user"] for call in slack.calls_to("users.info")]
+    assert asked_about.count("U1") == 1  # the slow lookup went on and served the next question
 
 
 async def test_thread_replies_not_meant_for_the_bot_are_left_alone(

@@ -1,9 +1,9 @@
 """A question's conversation: the thread it was asked in, as turns the worker can render.
 
 The thread is read with `conversations.replies` (paginated); the bot's own messages become assistant
-turns, everyone else's user turns carrying their display name (`users.info`, cached). Mentions are
-turned into `@names`, links into their labels. The context is capped by message count and characters,
-newest kept; the worker trims precisely to the model's window with the real tokenizer.
+turns, everyone else's user turns carrying their display name (`users.info`, cached, waited for briefly).
+Mentions are turned into `@names`, links into their labels. The context is capped by message count and
+characters, newest kept; the worker trims precisely to the model's window with the real tokenizer.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ REPLIES_MAX_PAGES = 10
 
 NAME_CACHE_SECONDS = 3600
 NAME_CACHE_SIZE = 5000
+NAME_WAIT_SECONDS = 0.25
+"""Longest a question waits for a person's or channel's name before it is queued without it."""
 
 USER_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|([^>]*))?>")
 CHANNEL_MENTION = re.compile(r"<#([CGD][A-Z0-9]+)(?:\|([^>]*))?>")
@@ -53,12 +55,17 @@ DATE = re.compile(r"<!date\^[^|>]*\|([^>]*)>")
 
 class PeopleDirectory:
     """Display names (`users.info`) and channel names (`conversations.info`), cached and de-duplicated:
-    a burst of questions from one person costs one lookup."""
+    a burst of questions from one person costs one lookup.
 
-    def __init__(self, client: AsyncWebClient) -> None:
+    A question waits for a name at most `wait_seconds`: past that it is queued without it (the worker
+    needs no name to start: the prompt says "a colleague") and the lookup goes on, for the next question.
+    """
+
+    def __init__(self, client: AsyncWebClient, *, wait_seconds: float = NAME_WAIT_SECONDS) -> None:
         self._client = client
+        self._wait_seconds = wait_seconds
         self._cache: OrderedDict[str, tuple[float, str]] = OrderedDict()
-        self._lookups: dict[str, asyncio.Task[str | None]] = {}
+        self._lookups: dict[str, asyncio.Task[str]] = {}
 
     async def display_name(self, user_id: str) -> str:
         return await self._cached(f"user:{user_id}", lambda: self._fetch_user(user_id))
@@ -78,10 +85,17 @@ class PeopleDirectory:
             return hit[1]
         task = self._lookups.get(key)
         if task is None:
-            task = asyncio.ensure_future(fetch())
+            task = asyncio.ensure_future(self._fetch_and_keep(key, fetch))
             self._lookups[key] = task
-            task.add_done_callback(lambda _: self._lookups.pop(key, None))
-        value = await asyncio.shield(task)
+            task.add_done_callback(lambda done: self._forget(key, done))
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self._wait_seconds)
+        except TimeoutError:
+            log.info("name lookup slow, question queued without it", lookup=key.partition(":")[0])
+            return ""
+
+    async def _fetch_and_keep(self, key: str, fetch: Callable[[], Coroutine[Any, Any, str | None]]) -> str:
+        value = await fetch()
         if value is None:
             return ""  # Slack unreachable: not cached, asked again next time
         self._cache[key] = (time.monotonic() + NAME_CACHE_SECONDS, value)
@@ -89,6 +103,14 @@ class PeopleDirectory:
         while len(self._cache) > NAME_CACHE_SIZE:
             self._cache.popitem(last=False)
         return value
+
+    def _forget(self, key: str, done: asyncio.Task[str]) -> None:
+        self._lookups.pop(key, None)
+        if not done.cancelled() and done.exception() is not None:
+            # Nobody may be waiting for it any more; say it once here instead of "never retrieved".
+            log.warning(
+                "name lookup failed", lookup=key.partition(":")[0], error=type(done.exception()).__name__
+            )
 
     async def _fetch_user(self, user_id: str) -> str | None:
         try:
@@ -186,6 +208,7 @@ async def conversation_request(
     ids = {question.user_id, *(str(m["user"]) for m in history if m.get("user"))}
     for text in [question.text, *(str(m.get("text", "")) for m in history)]:
         ids |= mentioned_user_ids(text)
+    ids.discard(bot_user_id or "")  # its mention is dropped and its own turns carry no name
     names, channel_name = await asyncio.gather(
         people.display_names(ids),
         _no_name() if question.is_direct_message else people.channel_name(question.channel_id),

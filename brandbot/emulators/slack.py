@@ -106,6 +106,7 @@ class SlackEmulator:
         self.suggested_prompts: dict[tuple[str, str], list[Any]] = {}
         self.connections_total = 0  # websocket connections ever accepted (each got a hello)
         self.latency: dict[str, float] = {}  # seconds a Web API method takes to answer (a slow Slack)
+        self.held: dict[str, asyncio.Event] = {}  # a Web API method answers once its event is set
         # Slack sends each envelope down one of an app's connections; False: down every one (replicas that
         # all hear every event, the worst case for de-duplication).
         self.spread_envelopes = False
@@ -441,6 +442,8 @@ class SlackEmulator:
         self.calls.setdefault(method, []).append(call)
         if self.latency.get(method):
             await asyncio.sleep(self.latency[method])
+        if method in self.held:
+            await self.held[method].wait()
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else params.get("token")
         try:
