@@ -41,16 +41,6 @@ sampling:
 """
 
 
-@pytest.fixture(scope="session")
-def demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from worker.demo_model import DemoModelUnavailable, build_demo_model
-
-    try:
-        return build_demo_model(tmp_path_factory.mktemp("demo") / "smollm2")
-    except DemoModelUnavailable as error:
-        pytest.skip(str(error))
-
-
 def write_persona(prompts_dir: Path, name: str, *, model: str, lora: Path | None = None) -> None:
     text = PERSONA.format(model=model) + (f"lora: {lora}\n" if lora else "")
     (prompts_dir / "personas" / f"{name}.yaml").write_text(text, encoding="utf-8")
