@@ -66,9 +66,14 @@ class InflightRequests:
             if value is None:
                 await self._redis.zrem(self._index, request_id)  # expired or finished meanwhile
                 continue
-            try:
-                state = json.loads(value)
-            except ValueError:
-                state = None
-            records[request_id] = state if isinstance(state, dict) else {}
+            records[request_id] = self.decode(value)
         return records
+
+    @staticmethod
+    def decode(value: str | bytes) -> dict[str, Any]:
+        """A record's state; an unreadable one comes back empty (the caller drops it)."""
+        try:
+            state = json.loads(value)
+        except ValueError:
+            return {}
+        return state if isinstance(state, dict) else {}

@@ -56,6 +56,15 @@ if not holder and redis.call('EXISTS', KEYS[2]) == 1 then
 end
 return 0
 """
+# Claim an answer no live process relays: its lease, only while its record is there (a record removed
+# because its answer finished must not be claimed and relayed again). KEYS: lease, record. ARGV: owner,
+# lease ttl. Returns the record as it is now, or nil.
+_CLAIM = """
+local record = redis.call('GET', KEYS[2])
+if not record then return false end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return record end
+return false
+"""
 # Release a lease only while this process still holds it.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -89,6 +98,7 @@ class RelayBook:
         self._records = InflightRequests(connection, platform=platform, retention_seconds=retention_seconds)
         self._owner = uuid.uuid4().hex  # this process
         self._renew = connection.register_script(_RENEW)
+        self._claim = connection.register_script(_CLAIM)
         self._release = connection.register_script(_RELEASE)
         self._take = connection.register_script(_TAKE)
         self.held: set[str] = set()
@@ -130,12 +140,16 @@ class RelayBook:
             self.held.add(request_id)
         return bool(taken)
 
-    async def claim(self, request_id: str) -> bool:
-        """Take the lease of an answer; False if a live process holds it."""
-        taken = await self._redis.set(self._lease(request_id), self._owner, nx=True, ex=LEASE_SECONDS)
-        if taken:
-            self.held.add(request_id)
-        return bool(taken)
+    async def claim(self, request_id: str) -> dict[str, Any] | None:
+        """Take the lease of an answer and return its record as it is now; None if a live process holds
+        it or it finished (its record is gone)."""
+        record = await self._claim(
+            keys=[self._lease(request_id), self._records.key(request_id)], args=[self._owner, LEASE_SECONDS]
+        )
+        if record is None:
+            return None
+        self.held.add(request_id)
+        return self._records.decode(record)
 
     def holds(self, request_id: str) -> bool:
         """Whether this process still relays the answer (False once a renewal found its lease lost)."""
@@ -200,7 +214,8 @@ class RelayBook:
     async def orphans(self) -> list[tuple[str, dict[str, Any]]]:
         """Records no live process is relaying, each now claimed by this one."""
         claimed = []
-        for request_id, state in (await self._records.all()).items():
-            if request_id not in self.held and await self.claim(request_id):
+        for request_id in await self._records.all():
+            # The list is a snapshot: by the time one is claimed it may have finished, or changed.
+            if request_id not in self.held and (state := await self.claim(request_id)) is not None:
                 claimed.append((request_id, state))
         return claimed

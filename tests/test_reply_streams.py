@@ -18,6 +18,7 @@ import redis.asyncio
 from rq.job import Job
 from structlog.testing import capture_logs
 
+from bots.inflight import InflightRequests
 from bots.relay import ChannelPacer, RelayOutcome, StreamingEditor, relay_reply
 from bots.relay_book import RelayBook
 from brandbot import keys, messages
@@ -379,13 +380,37 @@ async def test_a_lease_that_lapsed_while_its_process_was_busy_is_kept_unless_ano
     for request_id in ("lapsed", "taken"):
         assert await book.take((f"ev-{request_id}",), request_id, {"model": "default", "sink": {}})
         test_client.delete(keys.relay_lease("slack", request_id))  # renewed too late: it lapsed
-    assert await twin.claim("taken")  # another process took this one over meanwhile
+    assert await twin.claim("taken") is not None  # another process took this one over meanwhile
 
     lost = await book.renew()
     await connection.aclose()
 
     assert lost == ["taken"]
     assert book.holds("lapsed") and not book.holds("taken")
+
+
+async def test_an_answer_that_finished_after_the_orphan_scan_listed_it_is_not_relayed_again(
+    test_client: redis.Redis,
+) -> None:
+    """Found by the soak (front-end-kill at 1,000 questions): the housekeeping pass listed the records, an
+    answer finished and released its lease, then the pass claimed that free lease and relayed the finished
+    answer a second time, over the first."""
+    connection = redis.asyncio.Redis.from_url(TEST_REDIS_URL)
+    relaying = RelayBook(connection, platform="slack", retention_seconds=60)
+    restarted = RelayBook(connection, platform="slack", retention_seconds=60)
+    assert await relaying.take(("ev-done",), "done-meanwhile", {"model": "default", "sink": {"ts": "1"}})
+    assert await relaying.take(("ev-orphan",), "orphaned", {"model": "default", "sink": {"ts": "2"}})
+    test_client.delete(keys.relay_lease("slack", "orphaned"))  # its process died: the lease lapsed
+    listed = await InflightRequests(connection, platform="slack", retention_seconds=60).all()
+
+    await relaying.finish("done-meanwhile")
+    claims = {request_id: await restarted.claim(request_id) for request_id in listed}
+    await connection.aclose()
+
+    assert sorted(listed) == ["done-meanwhile", "orphaned"]
+    assert claims == {"done-meanwhile": None, "orphaned": {"model": "default", "sink": {"ts": "2"}}}
+    assert restarted.holds("orphaned") and not restarted.holds("done-meanwhile")
+    assert not test_client.exists(keys.relay_lease("slack", "done-meanwhile"))
 
 
 async def test_an_answer_a_worker_takes_just_at_the_deadline_is_relayed_not_timed_out(

@@ -4,12 +4,14 @@ counted in the emulators' message stores. `brandbot soak` runs the full size."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from brandbot.soak.faults import FAULTS
-from brandbot.soak.scenario import SoakPlan, no_bar, run_soak
+from brandbot.soak.load import Platform, Question
+from brandbot.soak.scenario import SoakPlan, no_bar, run_soak, write_unsettled
 from brandbot.soak.tally import render
 
 QUESTIONS_PER_FAULT = 20
@@ -42,3 +44,39 @@ async def test_every_question_gets_exactly_one_answer_or_one_error_through_every
     assert all(t.answered + t.errors_shown == t.questions for t in tallies), table
     poison = next(t for t in tallies if t.fault == "poison")
     assert poison.errors_shown == 1 and poison.answered == QUESTIONS_PER_FAULT - 1, table
+
+
+def test_a_failing_fault_lists_what_its_unsettled_questions_show(tmp_path: Path) -> None:
+    def asked(
+        index: int, *, answers: int = 0, errors: int = 0, writing: int = 0, expect_error: bool = False
+    ) -> Question:
+        seen = Question(index, Platform.SLACK, f"C{index}/1.0", sent_at=0.0, expect_error=expect_error)
+        seen.answers, seen.errors, seen.writing = answers, errors, writing
+        return seen
+
+    questions = [
+        asked(0, answers=1),
+        asked(1, answers=1, writing=1),  # a second message still writing
+        asked(2, answers=2),
+        asked(3),  # nothing finished
+        asked(4, errors=1, expect_error=True),  # the poison question's one error
+        asked(5, errors=1),
+    ]
+    path = tmp_path / "unsettled-front-end-kill.jsonl"
+
+    write_unsettled(path, questions)
+
+    listed = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [entry["index"] for entry in listed] == [1, 2, 3, 5]
+    assert listed[0] | {"sent_at": 0.0} == {
+        "index": 1,
+        "platform": "slack",
+        "key": "C1/1.0",
+        "sent_at": 0.0,
+        "expect_error": False,
+        "first_text_at": None,
+        "settled_at": None,
+        "answers": 1,
+        "errors": 0,
+        "writing": 1,
+    }

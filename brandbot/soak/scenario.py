@@ -9,6 +9,8 @@ tallies = await run_soak(plan, progress=print)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from brandbot.soak.faults import FAULTS, Fault
-from brandbot.soak.load import People, Watch
+from brandbot.soak.load import People, Question, Watch
 from brandbot.soak.stack import SoakStack, StackPlan
 from brandbot.soak.tally import Tally
 
@@ -94,13 +96,26 @@ async def run_scenario(stack: SoakStack, people: People, fault: Fault, plan: Soa
         await stack.wait_ready(RECOVERY_SECONDS)
     except TimeoutError:
         recovered = False
-    return Tally.of(
+    tally = Tally.of(
         fault.name,
         questions,
         seconds=seconds,
         restarts=stack.restarts() - restarts_before,
         recovered=recovered,
     )
+    if not tally.passed:
+        write_unsettled(plan.run_dir / f"unsettled-{fault.name}.jsonl", questions)
+    return tally
+
+
+def write_unsettled(path: Path, questions: list[Question]) -> None:
+    """What each question that did not end in exactly one answer (or its one expected error) shows, for
+    the logs' request ids to be looked up by: where it was asked, and its finished and open messages."""
+    with path.open("w", encoding="utf-8") as out:
+        for q in questions:
+            ended_well = not q.writing and q.answers + q.errors == 1 and (q.answers == 1 or q.expect_error)
+            if not ended_well:
+                out.write(json.dumps(dataclasses.asdict(q)) + "\n")
 
 
 def no_bar(_title: str, _total: int) -> AbstractContextManager[Advance]:
