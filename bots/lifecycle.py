@@ -20,7 +20,7 @@ log = get_logger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-async def serve_until_signalled(serve: Coroutine[Any, Any, None]) -> None:
+async def serve_until_signalled(serve: Coroutine[Any, Any, object]) -> None:
     """Run `serve` until it returns or a stop signal arrives; in the latter case cancel it and return.
 
     An error `serve` raises is raised here (e.g. a token the platform rejects).

@@ -5,14 +5,20 @@ counted in the emulators' message stores. `brandbot soak` runs the full size."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from brandbot.soak.faults import FAULTS
 from brandbot.soak.load import Platform, Question
 from brandbot.soak.scenario import SoakPlan, no_bar, run_soak, write_unsettled
 from brandbot.soak.tally import render
+from tests.conftest import REPO
 
 QUESTIONS_PER_FAULT = 20
 """About 150 questions over the faults: enough for every fault to hit answers mid-stream."""
@@ -80,3 +86,33 @@ def test_a_failing_fault_lists_what_its_unsettled_questions_show(tmp_path: Path)
         "errors": 0,
         "writing": 1,
     }
+
+
+@pytest.mark.timeout(300)  # a limit for a hung run, not a speed requirement
+def test_a_soak_stopped_by_sigterm_stops_every_process_it_started(tmp_path: Path) -> None:
+    run_dir = tmp_path / "soak"
+    small = ["--questions", "4", "--users", "2", "--faults", "none", "--run-dir", str(run_dir)]
+    soak = subprocess.Popen(
+        [sys.executable, "-m", "brandbot.cli", "soak", *small],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    started: list[psutil.Process] = []
+    give_up = time.monotonic() + 240
+    while time.monotonic() < give_up and soak.poll() is None:
+        started = psutil.Process(soak.pid).children(recursive=True)
+        if len(started) >= 5:  # Redis, two workers, the Slack and Discord front-ends
+            break
+        time.sleep(0.5)
+    assert len(started) >= 5, [process.cmdline() for process in started]
+
+    soak.send_signal(signal.SIGTERM)
+    output, _ = soak.communicate(timeout=120)
+
+    assert soak.returncode == 1, output
+    assert "stopped after 0 of 1 faults; its processes are stopped" in output
+    assert "Traceback" not in output
+    _, alive = psutil.wait_procs(started, timeout=10)
+    assert alive == [], [process.cmdline() for process in alive]

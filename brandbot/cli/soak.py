@@ -33,10 +33,11 @@ def soak(
     ] = None,
 ) -> None:
     """Ask many questions through the Slack and Discord emulators while faults hit; count what users see."""
+    from bots.lifecycle import serve_until_signalled
     from brandbot.cli import fail
     from brandbot.progress import progress_count, progress_steps
     from brandbot.soak.scenario import SoakPlan, run_soak
-    from brandbot.soak.tally import render
+    from brandbot.soak.tally import Tally, render
 
     chosen = tuple(FAULTS) if faults == "all" else tuple(f.strip() for f in faults.split(",") if f.strip())
     unknown = [f for f in chosen if f not in FAULTS]
@@ -59,13 +60,20 @@ def soak(
         duration_seconds=duration,
         faults=chosen,
     )
-    tallies = asyncio.run(
-        run_soak(
-            plan,
-            bar=lambda title, total: progress_count(title, total=total),
-            on_tally=lambda tally: typer.echo(render([tally])),
+    tallies: list[Tally] = []
+
+    def counted(tally: Tally) -> None:
+        tallies.append(tally)
+        typer.echo(render([tally]))
+
+    # SIGTERM or Ctrl-C stops the soak's own processes too (they run in sessions of their own).
+    asyncio.run(
+        serve_until_signalled(
+            run_soak(plan, bar=lambda title, total: progress_count(title, total=total), on_tally=counted)
         )
     )
+    if len(tallies) < len(chosen):
+        fail(f"stopped after {len(tallies)} of {len(chosen)} faults; its processes are stopped", code=1)
     typer.echo(render(tallies))
     if not all(t.passed for t in tallies):
         raise typer.Exit(1)
