@@ -306,3 +306,18 @@ def test_a_stalled_engine_stops_its_worker_and_its_questions_are_answered_by_ano
     start_worker(**FAST_RECOVERY)
     wait_for(lambda: bool(dones(redis_client, innocent.request_id)), 120, "the innocent question's answer")
     wait_for(lambda: bool(dones(redis_client, stalling.request_id)), 120, "the stalling question's answer")
+
+
+@pytest.mark.timeout(180)
+def test_a_worker_asked_to_stop_while_redis_is_away_stops_within_one_slot_wait(
+    start_worker: Callable[..., WorkerProcess], private_redis: PrivateRedis
+) -> None:
+    """Found stopping the soak: eight slots each in RQ's reconnect loop were waited for one after the other,
+    16 s each, so SIGTERM took over two minutes (a supervisor would have killed it first)."""
+    worker = start_worker_on(start_worker, private_redis, worker_concurrency=8, drain_grace_seconds=1)
+    private_redis.stop()
+    wait_for(lambda: "could not connect to Redis" in worker.log(), 30, "the slots to lose Redis")
+
+    # A hang limit well under eight slot waits (8 × 16 s), well over one (16 s): not a speed requirement.
+    assert worker.stop(signal.SIGTERM, timeout=60) == 0, worker.log()[-2000:]
+    assert "stopped" in worker.log()

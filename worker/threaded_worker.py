@@ -411,9 +411,12 @@ class ThreadedWorker:
             self._on_drain_timeout()
             while self.busy_slots():
                 time.sleep(0.05)
+        # One wait for them all: with Redis away each slot sits in RQ's reconnect sleep, which never looks
+        # at a stop, and a wait per slot added up to minutes. The threads are daemons; none outlives us.
+        give_up_at = time.monotonic() + SLOT_WORKER_TTL_SECONDS
         for thread in self._threads:
             if thread is not None:
-                thread.join(timeout=SLOT_WORKER_TTL_SECONDS)
+                thread.join(timeout=max(0.0, give_up_at - time.monotonic()))
         try:
             self.connection.delete(keys.worker_heartbeat(self.name))
             self.connection.srem(keys.WORKERS_SET, self.name)
