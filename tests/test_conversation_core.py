@@ -5,6 +5,7 @@ front-ends, nothing left behind once answers finish, answers lost from Redis dur
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -122,6 +123,39 @@ async def test_a_stalled_front_end_whose_lease_was_taken_over_stops_relaying(
         c.params["ts"] != answer.ts for c in slack.calls_to("chat.delete")
     )
     assert inflight_records(redis_client, "slack") == 0
+
+
+async def test_a_stream_started_just_before_its_front_end_died_is_closed_by_the_one_that_resumes(
+    slack_emulator: SlackEmulator, settings: Callable[..., Settings], redis_client: redis.Redis
+) -> None:
+    """Found by the soak (front-end-kill at 1,000 questions, 3 in a run): Slack made the stream, the process
+    died before it recorded it, and the resumed answer streamed into a new message below a message that
+    stayed "writing" forever."""
+    slack = slack_emulator
+    base = settings()
+    text = " ".join(f"word{i}" for i in range(40))
+    slack.answer_held["chat.startStream"] = asyncio.Event()  # the stream is made; its answer never arrives
+    async with (
+        slack_running(slack, base) as first,
+        slack_running(slack, base) as second,
+        slack_worker(base.redis_url, answer_with(text, chunk=8), step_seconds=0.05),
+    ):
+        question = await first.mention("C1", "U1", "a story please")  # both front-ends get the event
+        await slack.wait_until(lambda: bool(slack.calls_to("chat.startStream")), what="a stream to start")
+        owner, other = (first, second) if first.app.conversations.book.held else (second, first)
+        [request_id] = owner.app.conversations.book.held
+        # The owner is gone as far as anyone can tell (its lease lapses); the other resumes the answer.
+        redis_client.delete(keys.relay_lease("slack", request_id))
+        assert await other.app.conversations.resume_orphans() == 1
+        assert await owner.app.conversations.book.renew() == [request_id]  # fenced off: it writes no more
+        slack.answer_held.pop("chat.startStream").set()
+        answer = await other.wait_for_answer("C1", question.ts, timeout=60)
+        await slack.wait_until(lambda: other.app.conversations.busy == 0, what="the resumed answer to end")
+
+    bot_messages = [m for m in slack.messages_in("C1", question.ts) if m.user == slack.bot_user_id]
+    assert [visible(m) for m in bot_messages] == [text] and is_final_answer(answer)
+    assert not any(m.streaming for m in bot_messages)
+    assert len(slack.calls_to("chat.startStream")) == 2  # the lost one, closed and deleted, and the answer
 
 
 # ---------------------------------------------------------------------- nothing grows without bound

@@ -81,6 +81,7 @@ class SlackAdapter:
         sink.head_gone = bool(state.get("head_gone"))
         if state.get("content_ts"):
             sink.content = Streamed(str(state["content_ts"]))
+        sink.stream_pending = bool(state.get("stream_pending"))
         return sink
 
     def refusal_text(self, refusal: Refusal) -> str:

@@ -20,7 +20,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.relay import STREAMING_CURSOR
-from bots.slack.events import SlackQuestion
+from bots.slack.events import SlackQuestion, ts_order
 from bots.slack.sink import SLACK_UNREACHABLE
 from bots.turns import Said, recent_turns
 from brandbot.contract import GenerationRequest, Platform, ReplyTarget, Role, Turn, UserRef
@@ -181,7 +181,7 @@ async def thread_history(
             log.warning("thread not readable, answering without it", error="unreachable")
             break
         found: list[dict[str, Any]] = page.get("messages", [])
-        window.extend(m for m in found if _ts_key(str(m.get("ts"))) < _ts_key(before_ts))
+        window.extend(m for m in found if ts_order(str(m.get("ts"))) < ts_order(before_ts))
         cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
         if not page.get("has_more") or not cursor:
             break
@@ -268,12 +268,3 @@ def _author(message: dict[str, Any], names: dict[str, str]) -> str:
         profile = message.get("bot_profile") or {}
         return str(profile.get("name") or message.get("username") or "a bot")
     return names.get(str(message.get("user")), "")
-
-
-def _ts_key(ts: str) -> tuple[int, int]:
-    """Slack timestamps compare as numbers (seconds, microseconds), not as strings."""
-    seconds, _, fraction = ts.partition(".")
-    try:
-        return int(seconds), int((fraction + "000000")[:6])
-    except ValueError:
-        return 0, 0

@@ -182,3 +182,12 @@ def _question(trigger: Trigger, event: dict[str, Any], body: dict[str, Any], thr
         asker_team_id=asker_team,
         is_external=body.get("is_ext_shared_channel") is True and asker_team != extract_team_id(body),
     )
+
+
+def ts_order(ts: str) -> tuple[int, int]:
+    """Slack timestamps compare as numbers (seconds, microseconds), not as strings."""
+    seconds, _, fraction = ts.partition(".")
+    try:
+        return int(seconds), int((fraction + "000000")[:6])
+    except ValueError:
+        return 0, 0

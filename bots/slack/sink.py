@@ -28,6 +28,7 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 from bots.relay import STREAMING_CURSOR
 from bots.safety import neutralize_slack_mentions
 from bots.slack.blocks import Block, block_payload, feedback_buttons, stop_button, text_payload
+from bots.slack.events import ts_order
 from bots.surface import AnswerEditor, Undeliverable
 from brandbot import messages
 from brandbot.logs import get_logger
@@ -148,6 +149,7 @@ class SlackAnswerSink:
     head_ts: str | None = None
     head_gone: bool = False
     stream_refused: bool = False
+    stream_pending: bool = False  # a `chat.startStream` was sent and its answer not yet recorded
     content: Streamed | None = None
     parts: list[str] = field(default_factory=list)
     adopt: list[str] = field(default_factory=list)  # messages of an earlier process, reused in order
@@ -231,6 +233,10 @@ class SlackAnswerSink:
         await self._replace_content(shown, actions=None)
 
     async def _start_stream(self, text: str, shown: str) -> None:
+        if self.stream_pending:
+            await self._close_unrecorded_streams()  # an earlier start whose answer never came back
+        self.stream_pending = True
+        await self._changed()  # recorded first: a crash before the answer leaves a stream nobody knows of
         # Outside DMs Slack needs to know whom the stream is for (they see it as it is written).
         in_direct_message = self.place.channel.startswith("D")
         try:
@@ -248,11 +254,41 @@ class SlackAnswerSink:
             if code == "ratelimited":
                 raise Throttled(_retry_after(error)) from error
             self.streaming.refused(code)
-            self.stream_refused = True
+            self.stream_refused, self.stream_pending = True, False
             await self._update_head(text, self._stop())  # this answer (maybe later ones) by chat.update
             return
-        self.content = Streamed(str(response["ts"]), shown)
+        self.content, self.stream_pending = Streamed(str(response["ts"]), shown), False
         await self._changed()
+
+    async def _close_unrecorded_streams(self) -> None:
+        """Close and delete what a stream start whose answer was lost (a crash, a timeout) may have made: a
+        message of this app in the thread, after the head, still streaming, that this answer does not know.
+
+        Slack says which messages are still streaming only by refusing to stop the others. A second answer
+        streaming in the same thread at this moment would be taken for it: two faults at once, left alone.
+        """
+        known = {self.head_ts, *self.parts, *self.adopt, self.content.ts if self.content else None}
+        try:
+            page = await self.client.conversations_replies(
+                channel=self.place.channel, ts=self.place.thread_ts, oldest=self.head_ts or "0", limit=200
+            )
+        except (SlackApiError, *SLACK_UNREACHABLE) as error:
+            log.info("thread not read for an unrecorded stream", error=type(error).__name__)
+            return
+        head = ts_order(self.head_ts or "0")
+        for message in page.get("messages") or []:
+            ts = str(message.get("ts"))
+            if ts in known or not message.get("bot_id") or ts_order(ts) <= head:
+                continue
+            try:
+                await self.client.chat_stopStream(channel=self.place.channel, ts=ts)
+            except SlackApiError:
+                continue  # not streaming, or not ours: a finished message of another answer
+            except SLACK_UNREACHABLE:
+                return
+            log.info("unrecorded stream closed and deleted")
+            await self._delete_quietly(ts)
+        self.stream_pending = False
 
     async def _finish_stream(self, text: str) -> None:
         assert self.content is not None
@@ -332,6 +368,8 @@ class SlackAnswerSink:
 
     async def prepare_resume(self) -> None:
         """After a restart nobody knows what the stream shows: close it; the replay rewrites it whole."""
+        if self.stream_pending and self.content is None:
+            await self._close_unrecorded_streams()
         if self.content is not None:
             self.content.text = ""
             try:
@@ -368,6 +406,7 @@ class SlackAnswerSink:
             "head_ts": self.head_ts,
             "head_gone": self.head_gone,
             "content_ts": self.content.ts if self.content else None,
+            "stream_pending": self.stream_pending,
             "parts": list(self.parts),
         }
 

@@ -107,6 +107,8 @@ class SlackEmulator:
         self.connections_total = 0  # websocket connections ever accepted (each got a hello)
         self.latency: dict[str, float] = {}  # seconds a Web API method takes to answer (a slow Slack)
         self.held: dict[str, asyncio.Event] = {}  # a Web API method answers once its event is set
+        # A Web API method does its work, then answers once its event is set (an answer lost in a crash).
+        self.answer_held: dict[str, asyncio.Event] = {}
         # Slack sends each envelope down one of an app's connections; False: down every one (replicas that
         # all hear every event, the worst case for de-duplication).
         self.spread_envelopes = False
@@ -459,7 +461,10 @@ class SlackEmulator:
             if handler is None:
                 raise SlackError("unknown_method")
             extra_headers = {"x-oauth-scopes": self.scopes} if method == "auth.test" else {}
-            return web.json_response({"ok": True, **handler(params)}, headers=extra_headers)
+            result = handler(params)
+            if method in self.answer_held:
+                await self.answer_held[method].wait()
+            return web.json_response({"ok": True, **result}, headers=extra_headers)
         except SlackError as e:
             return web.json_response({"ok": False, "error": e.error}, status=e.status, headers=e.headers)
 
