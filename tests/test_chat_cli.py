@@ -31,7 +31,9 @@ WAIT_SECONDS = 60.0  # a limit for a hung process, not a speed requirement
 class ChatProcess:
     """A running `brandbot chat`: write lines to it, wait for what it prints."""
 
-    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, env: dict[str, str], args: tuple[str, ...] = (), *, sigint_ignored: bool = False
+    ) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "brandbot.cli", "chat", *args],
             env=env,
@@ -39,6 +41,8 @@ class ChatProcess:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            # As a non-interactive shell starts a background job (`cmd &`): SIGINT ignored.
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,
         )
         self._out: list[str] = []
         self._err: list[str] = []
@@ -104,8 +108,8 @@ def chat_env(settings: Callable[..., Settings]) -> Callable[..., dict[str, str]]
 def start_chat(chat_env: Callable[..., dict[str, str]]) -> Iterator[Callable[..., ChatProcess]]:
     started: list[ChatProcess] = []
 
-    def start(*args: str, **extra: str) -> ChatProcess:
-        chat = ChatProcess(chat_env(**extra), args)
+    def start(*args: str, sigint_ignored: bool = False, **extra: str) -> ChatProcess:
+        chat = ChatProcess(chat_env(**extra), args, sigint_ignored=sigint_ignored)
         started.append(chat)
         return chat
 
@@ -303,15 +307,22 @@ def test_chat_refuses_to_start_on_broken_prompt_files(
     ]
 
 
+# Found when CI was started as a background job: the chat inherited SIGINT ignored, so neither Ctrl-C nor
+# SIGTERM stopped an answer.
+STARTED_AS = pytest.mark.parametrize("sigint_ignored", [False, True], ids=["foreground", "background-job"])
+
+
+@STARTED_AS
 def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(
     start_worker: Callable[..., WorkerProcess],
     start_chat: Callable[..., ChatProcess],
     prompts_dir: Path,
     redis_client: redis.Redis,
+    sigint_ignored: bool,
 ) -> None:
     (prompts_dir / "personas" / "long.yaml").write_text(LONG_ANSWER_PERSONA)  # an answer long enough to stop
     start_worker()
-    chat = start_chat("--persona", "long")
+    chat = start_chat("--persona", "long", sigint_ignored=sigint_ignored)
     chat.wait_for(PROMPT)
     chat.send("hello")
     printed = len(chat.wait_for("Long> "))
@@ -330,15 +341,17 @@ def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(
     assert inflight_records(redis_client, "terminal") == 0
 
 
+@STARTED_AS
 def test_sigterm_stops_the_answer_and_leaves_cleanly(
     start_worker: Callable[..., WorkerProcess],
     start_chat: Callable[..., ChatProcess],
     prompts_dir: Path,
     redis_client: redis.Redis,
+    sigint_ignored: bool,
 ) -> None:
     (prompts_dir / "personas" / "long.yaml").write_text(LONG_ANSWER_PERSONA)
     start_worker()
-    chat = start_chat("--persona", "long")
+    chat = start_chat("--persona", "long", sigint_ignored=sigint_ignored)
     chat.wait_for(PROMPT)
     chat.send("hello")
     printed = len(chat.wait_for("Long> "))

@@ -220,6 +220,9 @@ def chat(
         user=UserRef(id=login, display_name=user if user is not None else login),
         persona_name=chosen.name,
     )
+    # Started with SIGINT ignored (a shell's background job), Ctrl-C would do nothing, and neither would
+    # SIGTERM, which becomes Ctrl-C: take it back, so asyncio's runner turns it into a clean stop.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with asyncio.Runner() as runner:
         try:
             if not runner.run(queue.ping()):
