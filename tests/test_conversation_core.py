@@ -28,7 +28,7 @@ from tests.discord_fixtures import (  # noqa: F401 (fixtures by name)
     discord_emulator,
     scripted_worker,
 )
-from tests.slack_fixtures import answer_with, is_final_answer, slack_running, visible
+from tests.slack_fixtures import RunningSlack, answer_with, is_final_answer, slack_running, visible
 from tests.slack_fixtures import scripted_worker as slack_worker
 
 SECRET = "SECRET-QUESTION-TEXT"
@@ -93,6 +93,20 @@ async def test_malformed_discord_events_are_dropped_with_one_line_each(
 
 
 # ---------------------------------------------------------------------- leases: fencing
+async def take_over(
+    first: RunningSlack, second: RunningSlack, redis_client: redis.Redis
+) -> tuple[RunningSlack, RunningSlack, str]:
+    """Of two front-ends that both got a question, the one relaying it stalls past its lease (simulated:
+    the lease lapses), the other takes the answer over, and the first's next renewal finds it fenced off.
+    Returns (the first owner, the one that took over, the answer's request id)."""
+    owner, other = (first, second) if first.app.conversations.book.held else (second, first)
+    [request_id] = owner.app.conversations.book.held
+    redis_client.delete(keys.relay_lease("slack", request_id))
+    assert await other.app.conversations.resume_orphans() == 1
+    assert await owner.app.conversations.book.renew() == [request_id]  # the renewal finds it lost
+    return owner, other, request_id
+
+
 async def test_a_stalled_front_end_whose_lease_was_taken_over_stops_relaying(
     slack_emulator: SlackEmulator, settings: Callable[..., Settings], redis_client: redis.Redis
 ) -> None:
@@ -106,14 +120,8 @@ async def test_a_stalled_front_end_whose_lease_was_taken_over_stops_relaying(
     ):
         question = await first.mention("C1", "U1", "a long story please")  # both front-ends get the event
         await slack.wait_until(lambda: bool(slack.calls_to("chat.appendStream")), what="streaming to begin")
-        owner, other = (
-            (first, second) if first.app.conversations.book.held else (second, first)
-        )  # one of them took it
-        [request_id] = owner.app.conversations.book.held
-        # The owner stalls past its lease (simulated: the lease lapses); the other takes the answer over.
-        redis_client.delete(keys.relay_lease("slack", request_id))
-        assert await other.app.conversations.resume_orphans() == 1
-        assert await owner.app.conversations.book.renew() == [request_id]  # the renewal finds it lost
+        # The owner stalls past its lease; the other takes the answer over.
+        owner, other, request_id = await take_over(first, second, redis_client)
         assert not owner.app.conversations.book.holds(request_id)
         answer = await other.wait_for_answer("C1", question.ts, timeout=60)
 
@@ -142,12 +150,8 @@ async def test_a_stream_started_just_before_its_front_end_died_is_closed_by_the_
     ):
         question = await first.mention("C1", "U1", "a story please")  # both front-ends get the event
         await slack.wait_until(lambda: bool(slack.calls_to("chat.startStream")), what="a stream to start")
-        owner, other = (first, second) if first.app.conversations.book.held else (second, first)
-        [request_id] = owner.app.conversations.book.held
-        # The owner is gone as far as anyone can tell (its lease lapses); the other resumes the answer.
-        redis_client.delete(keys.relay_lease("slack", request_id))
-        assert await other.app.conversations.resume_orphans() == 1
-        assert await owner.app.conversations.book.renew() == [request_id]  # fenced off: it writes no more
+        # The owner is gone as far as anyone can tell; the other resumes the answer.
+        _owner, other, _request_id = await take_over(first, second, redis_client)
         slack.answer_held.pop("chat.startStream").set()
         answer = await other.wait_for_answer("C1", question.ts, timeout=60)
         await slack.wait_until(lambda: other.app.conversations.busy == 0, what="the resumed answer to end")
