@@ -14,6 +14,7 @@ from enum import StrEnum
 
 import redis.asyncio
 
+from bots.script_batch import ScriptBatcher
 from brandbot import keys
 from brandbot.promptfiles.access import AccessRules, RateLimit
 
@@ -103,12 +104,15 @@ return {allowed, tostring(wait)}
 class RateLimiter:
     """Per-user token bucket shared by all front-ends through Redis."""
 
-    def __init__(self, connection: redis.asyncio.Redis) -> None:
+    def __init__(self, connection: redis.asyncio.Redis, *, scripts: ScriptBatcher | None = None) -> None:
         self._script = connection.register_script(_TOKEN_BUCKET)
+        self._scripts = scripts or ScriptBatcher(connection)  # one pipeline for a burst's questions
 
     async def acquire(self, platform: str, user_id: str, limit: RateLimit) -> float:
         """0 when the user may ask now; otherwise the seconds until they may."""
         rate = limit.questions_per_minute / 60
         key = f"{keys.KEY_PREFIX}:ratelimit:{platform}:{user_id}"
-        allowed, wait = await self._script(keys=[key], args=[rate, limit.burst, time.time()])
+        allowed, wait = await self._scripts.call(
+            self._script, keys=[key], args=[rate, limit.burst, time.time()]
+        )
         return 0.0 if int(allowed) else float(wait)

@@ -35,6 +35,7 @@ from bots.access import AccessRules, Asker, RateLimiter, Refusal, check_access
 from bots.metrics import FrontEndError, FrontEndMetrics
 from bots.relay import ChannelPacer, relay_reply
 from bots.relay_book import REDIS_ERRORS, RelayBook
+from bots.script_batch import ScriptBatcher
 from bots.surface import AnswerEditor, AnswerSink, ChatAdapter, Reception, Undeliverable
 from brandbot import keys, messages
 from brandbot.contract import Platform, new_request_id
@@ -48,7 +49,7 @@ from brandbot.usage import CHAT, AsyncUsageRecorder, UsageGroup, outcome_counts
 
 log = get_logger(__name__)
 
-INTAKE_AT_ONCE = 24
+INTAKE_AT_ONCE = 512
 """Questions taken in at once; more wait their turn (a burst is queued, not refused)."""
 
 INTAKE_REDIS_SECONDS = 1.5
@@ -134,9 +135,10 @@ class Conversations:
         self.on_enqueued = on_enqueued
         self.platform = adapter.platform.value
         self.metrics = metrics or FrontEndMetrics(platform=self.platform)
-        self.rate_limiter = RateLimiter(queue.redis)
+        scripts = ScriptBatcher(queue.redis)  # a burst's intake scripts share pipelines
+        self.rate_limiter = RateLimiter(queue.redis, scripts=scripts)
         self.book = RelayBook(
-            queue.redis, platform=self.platform, retention_seconds=settings.retention_seconds
+            queue.redis, platform=self.platform, retention_seconds=settings.retention_seconds, scripts=scripts
         )
         self.usage = AsyncUsageRecorder(queue.redis, retention_days=settings.usage_retention_days)
         self._intake_slots = asyncio.Semaphore(INTAKE_AT_ONCE)

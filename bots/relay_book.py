@@ -26,6 +26,7 @@ import redis
 import redis.asyncio
 
 from bots.inflight import InflightRequests
+from bots.script_batch import ScriptBatcher
 from brandbot import keys
 from brandbot.errors import QueueUnavailable
 from brandbot.logs import get_logger
@@ -92,8 +93,16 @@ return 1
 class RelayBook:
     """In-flight records plus the leases that say which process is relaying each one."""
 
-    def __init__(self, connection: redis.asyncio.Redis, *, platform: str, retention_seconds: int) -> None:
+    def __init__(
+        self,
+        connection: redis.asyncio.Redis,
+        *,
+        platform: str,
+        retention_seconds: int,
+        scripts: ScriptBatcher | None = None,
+    ) -> None:
         self._redis = connection
+        self._scripts = scripts or ScriptBatcher(connection)  # intake's take, batched across a burst
         self._platform = platform
         self._records = InflightRequests(connection, platform=platform, retention_seconds=retention_seconds)
         self._owner = uuid.uuid4().hex  # this process
@@ -124,7 +133,8 @@ class RelayBook:
         seen = [keys.seen_event(self._platform, event_id) for event_id in event_ids]
         record = "" if state is None else self._records.encode(state)
         retention = self._records.retention_seconds
-        taken = await self._take(
+        taken = await self._scripts.call(
+            self._take,
             keys=[*seen, self._lease(request_id), self._records.key(request_id), self._records.index],
             args=[
                 SEEN_SECONDS,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import secrets
 import statistics
 import threading
 import time
@@ -317,6 +318,9 @@ class Burst:
     emulator: SlackEmulator
     plan: Plan
     _asked_at: dict[str, float] = field(default_factory=dict)  # question ts -> when its event was sent
+    # In every id, so a second run on the same database is not taken for Slack replaying the first one's
+    # events (the front-end remembers what it has seen, and each asker's rate limit, for a while).
+    tag: str = field(default_factory=lambda: secrets.token_hex(3).upper())
 
     async def run(self) -> dict[str, Any]:
         await self._warm_up()
@@ -345,9 +349,14 @@ class Burst:
         envelopes = []
         for i in range(WARM_UP_MENTIONS):
             text = f"<@{slack.bot_user_id}> warm-up {i}"
-            message = slack.add_user_message(channel="CWARMUP", user="UWARMUP", text=text)
-            event = {"type": "app_mention", "channel": "CWARMUP", "user": "UWARMUP", "text": text}
-            envelopes.append(await slack.send_event({**event, "ts": message.ts, "team": slack.team_id}))
+            channel, user = f"CW{self.tag}", f"UW{self.tag}"
+            message = slack.add_user_message(channel=channel, user=user, text=text)
+            event = {"type": "app_mention", "channel": channel, "user": user, "text": text}
+            envelopes.append(
+                await slack.send_event(
+                    {**event, "ts": message.ts, "team": slack.team_id}, event_id=f"EvW{self.tag}{i:04d}"
+                )
+            )
         await slack.wait_until(lambda: all(e in slack.acks for e in envelopes), timeout=ACK_WAIT_SECONDS)
 
     def _first_visible(self, asked_at: dict[str, float]) -> list[float]:
@@ -364,7 +373,7 @@ class Burst:
         events = []
         slack, plan = self.emulator, self.plan
         for i in range(plan.mentions):
-            channel, user = f"CB{i % plan.channels:04d}", f"UB{i % plan.users:04d}"
+            channel, user = f"CB{self.tag}{i % plan.channels:04d}", f"UB{self.tag}{i % plan.users:04d}"
             text = f"<@{slack.bot_user_id}> benchmark question {i}"
             message = slack.add_user_message(channel=channel, user=user, text=text)
             event = {"type": "app_mention", "channel": channel, "user": user, "text": text, "ts": message.ts}
@@ -374,18 +383,18 @@ class Burst:
     async def _send(self, events: list[dict[str, Any]]) -> dict[str, float]:
         sent_at: dict[str, float] = {}
 
-        async def send(event: dict[str, Any]) -> None:
+        async def send(index: int, event: dict[str, Any]) -> None:
             at = time.monotonic()  # CLOCK_MONOTONIC: the same clock in both processes
-            sent_at[await self.emulator.send_event(event)] = at
+            sent_at[await self.emulator.send_event(event, event_id=f"Ev{self.tag}{index:06d}")] = at
             self._asked_at[event["ts"]] = at
 
         if not self.plan.rate:
-            await asyncio.gather(*(send(event) for event in events))
+            await asyncio.gather(*(send(index, event) for index, event in enumerate(events)))
             return sent_at
         start = time.monotonic()
         for index, event in enumerate(events):
             await asyncio.sleep(max(start + index / self.plan.rate - time.monotonic(), 0))
-            await send(event)
+            await send(index, event)
         return sent_at
 
     def _delivered(self, events: list[dict[str, Any]]) -> int:

@@ -7,6 +7,7 @@ ever becoming one of them (`ChatTemplate.neutralise`), whichever engine tokenise
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable
@@ -23,6 +24,9 @@ from brandbot.errors import TemplateError
 TOKEN_BREAKER = "\u200d"
 """Put inside a special-token string typed by a user (zero-width joiner): it then reads the same but is
 plain text to every tokenizer, which match special tokens as exact strings."""
+
+COMPILED_TEXTS = 512
+"""Prompt texts (system prompts, voice rules, refusals) kept compiled; an edited text is a new entry."""
 
 SYSTEM_PROBE = "brandbot-system-probe"
 """System text rendered once to learn whether a chat template has a system role."""
@@ -178,6 +182,13 @@ def _token_text(token: object) -> str:
 def render_text(source: str, variables: dict[str, Any]) -> str:
     """Render admin-written prompt text; an unknown variable is an error, never an empty string."""
     try:
-        return sandbox(strict=True).from_string(source).render(**variables)
+        return _compiled(source).render(**variables)
     except jinja2.TemplateError as error:
         raise TemplateError(str(error)) from None
+
+
+@functools.lru_cache(maxsize=COMPILED_TEXTS)
+def _compiled(source: str) -> jinja2.Template:
+    """Compiling costs a millisecond, far more than rendering: each prompt text is compiled once, not per
+    request (a compiled template is read-only, so the worker's slots share it)."""
+    return sandbox(strict=True).from_string(source)

@@ -23,7 +23,7 @@ SMALL_SLACK_BURST = (
     "--connections",
     "2",
     "--timeout",
-    "120",
+    "30",
 )
 
 
@@ -45,30 +45,33 @@ def test_bench_queue_prints_its_table_and_exits(redis_client: redis.Redis, promp
     assert "brandbot job path, null engine" in table
 
 
-@pytest.mark.timeout(BENCH_DEADLINE_SECONDS + 30)
-def test_bench_slack_compares_with_a_no_op_app_and_every_mention_is_answered(
+@pytest.mark.timeout(2 * BENCH_DEADLINE_SECONDS + 30)
+def test_bench_slack_compares_with_a_no_op_app_and_every_mention_is_answered_run_after_run(
     redis_client: redis.Redis, prompts_dir: Path
 ) -> None:
+    # Twice on one database, as an operator measures: a second run's mentions once met the first run's
+    # seen-event marks and rate limits, and none was answered.
     settings = Settings(_env_file=None, redis_url=TEST_REDIS_URL, prompts_dir=prompts_dir)  # type: ignore[call-arg]
-    finished = subprocess.run(
-        [sys.executable, "-m", "brandbot.cli", "bench", "slack", *SMALL_SLACK_BURST],
-        env=worker_env(settings),
-        capture_output=True,
-        cwd=REPO,
-        timeout=BENCH_DEADLINE_SECONDS,
-    )
-    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
-    table = finished.stdout.decode()
-    for figure in (
-        "ack, no-op bolt app:",
-        "ack, brandbot:",
-        "p99 × no-op:",
-        "enqueue:",
-        "first visible message:",
-    ):
-        assert figure in table, table
-    assert "2 Socket Mode connection(s)" in table
-    assert "replies delivered: 20/20" in table, table
+    for _ in range(2):
+        finished = subprocess.run(
+            [sys.executable, "-m", "brandbot.cli", "bench", "slack", *SMALL_SLACK_BURST],
+            env=worker_env(settings),
+            capture_output=True,
+            cwd=REPO,
+            timeout=BENCH_DEADLINE_SECONDS,
+        )
+        assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+        table = finished.stdout.decode()
+        for figure in (
+            "ack, no-op bolt app:",
+            "ack, brandbot:",
+            "p99 × no-op:",
+            "enqueue:",
+            "first visible message:",
+        ):
+            assert figure in table, table
+        assert "2 Socket Mode connection(s)" in table
+        assert "replies delivered: 20/20" in table, table
 
 
 @pytest.mark.slow

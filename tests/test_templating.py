@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from brandbot.errors import TemplateError
-from brandbot.templating import ChatTemplate, render_text
+from brandbot.templating import ChatTemplate, _compiled, render_text
 
 
 def test_chat_template_renders_like_transformers(tiny_model: Path) -> None:
@@ -57,3 +57,16 @@ def test_template_may_raise_its_own_error() -> None:
     template = ChatTemplate("{{ raise_exception('roles must alternate') }}")
     with pytest.raises(TemplateError, match="roles must alternate"):
         template.render([])
+
+
+def test_prompt_text_is_compiled_once_and_an_edited_text_renders_its_new_words() -> None:
+    # It was compiled for every request: a millisecond a job, most of the worker's own time per job.
+    source = "You speak for {{ company }} (compiled-once test)."
+    before = _compiled.cache_info()
+    assert render_text(source, {"company": "Acme"}) == "You speak for Acme (compiled-once test)."
+    assert render_text(source, {"company": "Globex"}) == "You speak for Globex (compiled-once test)."
+    assert _compiled.cache_info().misses == before.misses + 1
+    edited = source.replace("speak for", "write as")
+    assert render_text(edited, {"company": "Acme"}) == "You write as Acme (compiled-once test)."
+    with pytest.raises(TemplateError):
+        render_text("{{ not_a_variable }}", {"company": "Acme"})

@@ -52,6 +52,8 @@ class SlackAdapter:
             followup=asked.trigger is Trigger.THREAD_FOLLOWUP,
             received_at=received_at,
         )
+        if question.text and asked.user_id != self.bot_user_id:
+            self.people.prefetch(asked.user_id, None if asked.is_direct_message else asked.channel_id)
         return question, SlackReception(adapter=self, asked=asked)
 
     def sink(self, place: Place, request_id: str) -> SlackAnswerSink:

@@ -67,6 +67,13 @@ class PeopleDirectory:
         self._cache: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._lookups: dict[str, asyncio.Task[str]] = {}
 
+    def prefetch(self, user_id: str, channel_id: str | None) -> None:
+        """Start looking up an asker's name (and their channel's) as their question arrives, so the look-up
+        runs while the question is screened rather than after."""
+        self._lookup(f"user:{user_id}", lambda: self._fetch_user(user_id))
+        if channel_id is not None:
+            self._lookup(f"channel:{channel_id}", lambda: self._fetch_channel(channel_id))
+
     async def display_name(self, user_id: str) -> str:
         return await self._cached(f"user:{user_id}", lambda: self._fetch_user(user_id))
 
@@ -79,6 +86,19 @@ class PeopleDirectory:
         return await self._cached(f"channel:{channel_id}", lambda: self._fetch_channel(channel_id))
 
     async def _cached(self, key: str, fetch: Callable[[], Coroutine[Any, Any, str | None]]) -> str:
+        lookup = self._lookup(key, fetch)
+        if isinstance(lookup, str):
+            return lookup
+        try:
+            return await asyncio.wait_for(asyncio.shield(lookup), self._wait_seconds)
+        except TimeoutError:
+            log.info("name lookup slow, question queued without it", lookup=key.partition(":")[0])
+            return ""
+
+    def _lookup(
+        self, key: str, fetch: Callable[[], Coroutine[Any, Any, str | None]]
+    ) -> str | asyncio.Task[str]:
+        """The cached name, or the look-up under way for it (started here if none is)."""
         hit = self._cache.get(key)
         if hit is not None and hit[0] > time.monotonic():
             self._cache.move_to_end(key)
@@ -88,11 +108,7 @@ class PeopleDirectory:
             task = asyncio.ensure_future(self._fetch_and_keep(key, fetch))
             self._lookups[key] = task
             task.add_done_callback(lambda done: self._forget(key, done))
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), self._wait_seconds)
-        except TimeoutError:
-            log.info("name lookup slow, question queued without it", lookup=key.partition(":")[0])
-            return ""
+        return task
 
     async def _fetch_and_keep(self, key: str, fetch: Callable[[], Coroutine[Any, Any, str | None]]) -> str:
         value = await fetch()
