@@ -1,12 +1,17 @@
 """Group commit for the front-end's enqueues: questions taken in while one write is under way go to Redis
 together, in one transaction, as ordinary RQ jobs (`Queue.enqueue_many`).
 
-A burst of mentions then costs a few round trips instead of one (plus RQ's own look-ups) per question,
-and one thread instead of a pool of them. Writes run one after another, so questions reach each queue
-in the order they were taken in; each learns its place in the queue from that same transaction.
+A burst of mentions then costs a few round trips instead of one (plus RQ's own look-ups) per question.
+Writes run one after another, so questions reach each queue in the order they were taken in; each learns
+its place in the queue from that same transaction.
+
+RQ writes through a synchronous client; a thread doing that in a busy front-end waits for the GIL while
+the event loop runs, and a burst's writes took hundreds of milliseconds. So RQ writes its commands into a
+pipeline that is never sent (recording them costs no I/O), and the event loop sends them itself, on the
+asyncio client: the same commands, the same job format.
 
 ```python
-batcher = EnqueueBatcher(sync_client, make_job=job_data)
+batcher = EnqueueBatcher(sync_client, async_client, make_job=job_data)
 enqueued = await batcher.enqueue(request, model="default")   # waits for its batch's write
 await batcher.close()
 ```
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+import redis.asyncio
 from rq import Queue
 from rq.job import Job
 from rq.queue import EnqueueData
@@ -65,13 +71,15 @@ class EnqueueBatcher:
     def __init__(
         self,
         connection: redis.Redis,
+        async_connection: redis.asyncio.Redis,
         *,
         make_job: JobData,
         gather_seconds: float = GATHER_SECONDS,
         max_batch: int = MAX_BATCH,
         ride_out_seconds: float = RIDE_OUT_SECONDS,
     ) -> None:
-        self._redis = connection
+        self._redis = connection  # RQ's: it asks the server's version once per queue, and records commands
+        self._async = async_connection  # sends them
         self._ride_out = ride_out_seconds
         self._make_job = make_job
         self._gather = gather_seconds
@@ -110,9 +118,7 @@ class EnqueueBatcher:
                 await asyncio.sleep(self._gather)  # let the rest of a burst join this write
             batch = self._next_batch()
             try:
-                placed = await asyncio.to_thread(
-                    self._write_riding_out, [(w.request, w.model) for w in batch]
-                )
+                placed = await self._write_riding_out([(w.request, w.model) for w in batch])
             except REDIS_OUTAGE as error:
                 self._fail(batch, QueueUnavailable(f"redis unavailable ({type(error).__name__})"))
             except Exception as error:  # a bug must reach the asker's intake, not end the writer
@@ -142,53 +148,57 @@ class EnqueueBatcher:
             if not waiting.future.done():
                 waiting.future.set_exception(error)
 
-    def _queue(self, model: str) -> Queue:
+    async def _queue(self, model: str) -> Queue:
         queue = self._queues.get(model)
         if queue is None:
             queue = Queue(keys.model_queue(model), connection=self._redis, serializer=JSONSerializer)
+            await asyncio.to_thread(queue.get_redis_server_version)  # RQ's one look-up, off the event loop
             self._queues[model] = queue
         return queue
 
-    def _write_riding_out(self, batch: list[tuple[GenerationRequest, str]]) -> list[Enqueued]:
+    async def _write_riding_out(self, batch: list[tuple[GenerationRequest, str]]) -> list[Enqueued]:
         """`_write`, tried again through a short outage. The transaction is all or nothing, so a write whose
         reply was lost is told by its first job's key: then it went through and is not written twice."""
         give_up_at = time.monotonic() + self._ride_out
         while True:
             try:
-                return self._write(batch)
+                return await self._write(batch)
             except REDIS_OUTAGE:
                 if time.monotonic() >= give_up_at:
                     raise
-            time.sleep(RETRY_SECONDS)
+            await asyncio.sleep(RETRY_SECONDS)
             try:
-                if self._redis.exists(Job.key_for(batch[0][0].request_id)):
-                    return self._placed(batch)
+                if await self._async.exists(Job.key_for(batch[0][0].request_id)):
+                    return await self._placed(batch)
             except REDIS_OUTAGE:
                 continue
 
-    def _placed(self, batch: list[tuple[GenerationRequest, str]]) -> list[Enqueued]:
+    async def _placed(self, batch: list[tuple[GenerationRequest, str]]) -> list[Enqueued]:
         """Where the jobs of a batch already written stand in their queues now."""
-        with self._redis.pipeline(transaction=False) as pipe:
+        async with self._async.pipeline(transaction=False) as pipe:
             for request, model in batch:
-                pipe.lpos(self._queue(model).key, request.request_id)
-            positions: list[Any] = pipe.execute()
+                pipe.lpos((await self._queue(model)).key, request.request_id)
+            positions: list[Any] = await pipe.execute()
         return [
             Enqueued(request.request_id, int(at or 0))
             for (request, _), at in zip(batch, positions, strict=True)
         ]
 
-    def _write(self, batch: list[tuple[GenerationRequest, str]]) -> list[Enqueued]:
+    async def _write(self, batch: list[tuple[GenerationRequest, str]]) -> list[Enqueued]:
         """One transaction: every job of the batch, then each queue's length, to place each job in it."""
         by_model: dict[str, list[GenerationRequest]] = {}
         for request, model in batch:
             by_model.setdefault(model, []).append(request)
-        with self._redis.pipeline(transaction=True) as pipe:
-            for model, requests in by_model.items():
-                queue = self._queue(model)
-                queue.enqueue_many([self._make_job(request) for request in requests], pipeline=pipe)
+        queues = {model: await self._queue(model) for model in by_model}
+        recorder = self._redis.pipeline(transaction=True)  # never executed: it only records RQ's commands
+        for model, requests in by_model.items():
+            queues[model].enqueue_many([self._make_job(request) for request in requests], pipeline=recorder)
+        async with self._async.pipeline(transaction=True) as pipe:
+            for args, options in recorder.command_stack:
+                pipe.pipeline_execute_command(*args, **options)
             for model in by_model:
-                pipe.llen(self._queue(model).key)
-            lengths: list[Any] = pipe.execute()[-len(by_model) :]
+                pipe.llen(queues[model].key)
+            lengths: list[Any] = (await pipe.execute())[-len(by_model) :]
         ahead: dict[str, int] = {}
         for requests, length in zip(by_model.values(), lengths, strict=True):
             # The transaction pushed this model's jobs last, in order: the i-th has length - n + i before it.

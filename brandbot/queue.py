@@ -91,7 +91,7 @@ class RequestQueue:
         self._sync = sync_client
         self._async = async_client
         self._streams = ReplyStreams(self._async, ride_out_seconds=ride_out_seconds)
-        self._batcher = EnqueueBatcher(self._sync, make_job=self.job_data)
+        self._batcher = EnqueueBatcher(self._sync, self._async, make_job=self.job_data)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, ride_out_seconds: float = RIDE_OUT_SECONDS) -> RequestQueue:
