@@ -25,8 +25,10 @@ book = UsageBook(connection).read(days)  # `brandbot usage`
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -152,18 +154,56 @@ class UsageRecorder:
 
 
 class AsyncUsageRecorder:
-    """The same for an asyncio process (the front-ends)."""
+    """The same for an asyncio process (the front-ends), as a group commit: counts recorded while a write is
+    under way are summed per group and go out together in the next one. A burst of questions then costs a
+    few transactions, not one per question; each caller still returns once its counts are in Redis."""
 
     def __init__(self, connection: redis.asyncio.Redis, *, retention_days: int) -> None:
         self._redis = connection
         self._ttl = retention_days * SECONDS_PER_DAY
+        self._next: dict[tuple[str, UsageGroup, str], Counter[str]] = {}
+        self._next_written: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
 
     async def record(
         self, tier: str, group: UsageGroup, counts: Mapping[str, int], *, day: str | None = None
     ) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            _stage(pipe, tier, group, counts, self._ttl, day or utc_day())
-            await pipe.execute()
+        self._next.setdefault((tier, group, day or utc_day()), Counter()).update(counts)
+        if self._next_written is None:
+            self._next_written = asyncio.get_running_loop().create_future()
+        written = self._next_written
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_while_waiting(), name="brandbot-usage")
+        await asyncio.shield(written)  # a caller that gives up does not cancel the others' write
+
+    async def _write_while_waiting(self) -> None:
+        try:
+            while self._next_written is not None:
+                await asyncio.sleep(0)  # counts of tasks made ready by the same events join this write
+                batch, written = self._next, self._next_written
+                self._next, self._next_written = {}, None
+                try:
+                    async with self._redis.pipeline(transaction=True) as pipe:
+                        for (tier, group, day), counts in batch.items():
+                            _stage(pipe, tier, group, counts, self._ttl, day)
+                        await pipe.execute()
+                except Exception as error:
+                    _settle(written, error)
+                except BaseException:
+                    _settle(written, redis.ConnectionError("the front-end stopped before Redis answered"))
+                    raise
+                else:
+                    written.set_result(None)
+        finally:
+            self._writer = None
+            if self._next_written is not None:  # stopped with counts waiting: their callers are told
+                _settle(self._next_written, redis.ConnectionError("usage writer stopped"))
+                self._next, self._next_written = {}, None
+
+
+def _settle(written: asyncio.Future[None], error: Exception) -> None:
+    written.set_exception(error)
+    written.exception()  # marked retrieved: a caller that gave up must not leave it unretrieved
 
 
 class UptimeClock:

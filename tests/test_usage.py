@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -26,11 +27,12 @@ from brandbot.usage import (
     AsyncUsageRecorder,
     UsageGroup,
     UsageRecorder,
+    bucket_field,
     generation_counts,
     outcome_counts,
     utc_day,
 )
-from tests.conftest import REPO, WorkerProcess, worker_env
+from tests.conftest import REPO, PrivateRedis, WorkerProcess, worker_env
 from tests.redis_servers import LockedRedis
 from tests.slack_fixtures import answer_with, done_of, queued_requests, scripted_worker, slack_running
 
@@ -243,3 +245,58 @@ async def test_each_locked_tier_records_only_its_own_usage_and_status_reads_it(
         assert document["totals"][0]["worker_hours"] == pytest.approx(60 / 3600, abs=1e-6)
     finally:
         server.stop()
+
+
+async def test_a_burst_of_front_end_counts_is_summed_right_in_a_few_transactions(
+    private_redis: PrivateRedis,
+) -> None:
+    # One transaction per question made a 500-mention burst spend as much time counting as answering.
+    connection = redis.asyncio.Redis.from_url(private_redis.url)
+    recorder = AsyncUsageRecorder(connection, retention_days=1)
+    groups = [
+        UsageGroup(platform="slack", channel=f"C{n}", persona="default", model="default") for n in range(3)
+    ]
+    stats = redis.Redis.from_url(private_redis.url)
+    exec_before = stats.info("commandstats").get("cmdstat_exec", {}).get("calls", 0)
+
+    await asyncio.gather(*(recorder.record(CHAT, groups[n % 3], {"questions": 1}) for n in range(300)))
+    await asyncio.gather(
+        *(
+            recorder.record(CHAT, groups[0], outcome_counts(answered=n % 2 == 0, final_ms=900))
+            for n in range(10)
+        )
+    )
+
+    day = utc_day()
+    questions = [int(stats.hget(keys.usage_counters(CHAT, day, g.parts()), "questions") or 0) for g in groups]
+    assert questions == [100, 100, 100]
+    first = stats.hgetall(keys.usage_counters(CHAT, day, groups[0].parts()))
+    assert (first[b"answers"], first[b"errors"], first[bucket_field("final", 900).encode()]) == (
+        b"5",
+        b"5",
+        b"5",
+    )
+    assert stats.smembers(keys.usage_index(CHAT, day)) == {g.member().encode() for g in groups}
+    assert stats.info("commandstats")["cmdstat_exec"]["calls"] - exec_before <= 4
+    await connection.aclose()
+
+
+async def test_counts_meeting_a_stopped_redis_fail_each_caller_and_the_next_one_is_written(
+    private_redis: PrivateRedis,
+) -> None:
+    connection = redis.asyncio.Redis.from_url(private_redis.url, socket_connect_timeout=1)
+    recorder = AsyncUsageRecorder(connection, retention_days=1)
+    group = UsageGroup(platform="slack", channel="C1", persona="default", model="default")
+    private_redis.stop()
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(
+            *(recorder.record(CHAT, group, {"questions": 1}) for _ in range(20)), return_exceptions=True
+        ),
+        timeout=30,
+    )
+    assert all(isinstance(outcome, redis.RedisError) for outcome in outcomes), outcomes
+    private_redis.start()
+    await recorder.record(CHAT, group, {"questions": 1})
+    counters = keys.usage_counters(CHAT, utc_day(), group.parts())
+    assert redis.Redis.from_url(private_redis.url).hget(counters, "questions") == b"1"
+    await connection.aclose()
