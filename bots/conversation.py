@@ -50,7 +50,9 @@ from brandbot.usage import CHAT, AsyncUsageRecorder, UsageGroup, outcome_counts
 log = get_logger(__name__)
 
 INTAKE_AT_ONCE = 512
-"""Questions taken in at once; more wait their turn (a burst is queued, not refused)."""
+"""Questions taken in at once; more wait their turn (a burst is queued, not refused). A company-wide
+announcement's burst of hundreds fits: their Redis work shares pipelines, so taking them in together costs
+a few round trips, where a few dozen at a time kept the last ones waiting a second to start."""
 
 INTAKE_REDIS_SECONDS = 1.5
 """Redis work of intake (seen? rate limit?) gets this long where the platform needs an acknowledgement

@@ -38,7 +38,8 @@ from brandbot.errors import QueueUnavailable
 from brandbot.streams import REDIS_OUTAGE
 
 GATHER_SECONDS = 0.002
-"""After the first question of a batch arrives, how long to wait for others before writing."""
+"""After a question arrives to an idle writer, how long to wait for others before writing (questions
+arriving while a write is under way gather by themselves, and go out as soon as it is done)."""
 
 MAX_BATCH = 256
 """Questions per write at most (one MULTI/EXEC); more wait for the next write."""
@@ -109,13 +110,17 @@ class EnqueueBatcher:
             await self._writer
 
     async def _write_forever(self) -> None:
+        was_idle = True
         while self._waiting or not self._closed:
             if not self._waiting:
                 await self._arrived.wait()
                 self._arrived.clear()
+                was_idle = True
                 continue
-            if len(self._waiting) < self._max_batch and not self._closed:
-                await asyncio.sleep(self._gather)  # let the rest of a burst join this write
+            if was_idle and len(self._waiting) < self._max_batch and not self._closed:
+                # Let the rest of a burst join the first write; later ones take what gathered meanwhile.
+                await asyncio.sleep(self._gather)
+            was_idle = False
             batch = self._next_batch()
             try:
                 placed = await self._write_riding_out([(w.request, w.model) for w in batch])
