@@ -137,6 +137,8 @@ async def test_thread_replies_not_meant_for_the_bot_are_left_alone(
         await slack.wait_until(lambda: len(taken) == 2)
 
     assert [r.turns[-1].content for r in taken] == ["hello", "still there?"]
+    # People talking among themselves cost no look-ups: only those who ask the bot are named.
+    assert {call.params["user"] for call in slack.calls_to("users.info")} == {"U1"}
 
 
 async def test_thread_follow_ups_can_be_switched_off_in_routing(

@@ -52,7 +52,8 @@ class SlackAdapter:
             followup=asked.trigger is Trigger.THREAD_FOLLOWUP,
             received_at=received_at,
         )
-        if question.text and asked.user_id != self.bot_user_id:
+        if asked.explicit and question.text:
+            # Addressed to the bot: its names are needed soon. A thread reply may be for people, not us.
             self.people.prefetch(asked.user_id, None if asked.is_direct_message else asked.channel_id)
         return question, SlackReception(adapter=self, asked=asked)
 
