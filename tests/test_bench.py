@@ -27,20 +27,32 @@ SMALL_SLACK_BURST = (
 )
 
 
+def bench(
+    settings: Settings, *args: str, timeout: float = BENCH_DEADLINE_SECONDS
+) -> subprocess.CompletedProcess[bytes]:
+    """`brandbot bench ARGS` in a process of its own, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "brandbot.cli", "bench", *args],
+        env=worker_env(settings),
+        capture_output=True,
+        cwd=REPO,
+        timeout=timeout,
+    )
+
+
+def bench_table(settings: Settings, *args: str) -> str:
+    """What a benchmark that ended well printed."""
+    finished = bench(settings, *args)
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+    return finished.stdout.decode()
+
+
 @pytest.mark.timeout(BENCH_DEADLINE_SECONDS + 30)
 def test_bench_queue_prints_its_table_and_exits(redis_client: redis.Redis, prompts_dir: Path) -> None:
     # 200 jobs: the first 200 go one at a time, and collecting their figures takes long enough that raw
     # RQ's worker is always back waiting on its empty queue when told to stop (it used to wait forever).
     settings = Settings(_env_file=None, redis_url=TEST_REDIS_URL, prompts_dir=prompts_dir)  # type: ignore[call-arg]
-    finished = subprocess.run(
-        [sys.executable, "-m", "brandbot.cli", "bench", "queue", "--jobs", "200"],
-        env=worker_env(settings),
-        capture_output=True,
-        cwd=REPO,
-        timeout=BENCH_DEADLINE_SECONDS,
-    )
-    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
-    table = finished.stdout.decode()
+    table = bench_table(settings, "queue", "--jobs", "200")
     assert "raw RQ SimpleWorker, trivial job" in table
     assert "brandbot job path, null engine" in table
 
@@ -53,15 +65,7 @@ def test_bench_slack_compares_with_a_no_op_app_and_every_mention_is_answered_run
     # seen-event marks and rate limits, and none was answered.
     settings = Settings(_env_file=None, redis_url=TEST_REDIS_URL, prompts_dir=prompts_dir)  # type: ignore[call-arg]
     for _ in range(2):
-        finished = subprocess.run(
-            [sys.executable, "-m", "brandbot.cli", "bench", "slack", *SMALL_SLACK_BURST],
-            env=worker_env(settings),
-            capture_output=True,
-            cwd=REPO,
-            timeout=BENCH_DEADLINE_SECONDS,
-        )
-        assert finished.returncode == 0, finished.stderr.decode()[-2000:]
-        table = finished.stdout.decode()
+        table = bench_table(settings, "slack", *SMALL_SLACK_BURST)
         for figure in (
             "ack, no-op bolt app:",
             "ack, brandbot:",
@@ -82,25 +86,7 @@ def test_bench_engine_on_cpu_prints_throughput_ttft_and_the_roofline(
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None, redis_url=TEST_REDIS_URL, prompts_dir=prompts_dir, model_dir=tiny_model, engine="auto"
     )
-    finished = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "brandbot.cli",
-            "bench",
-            "engine",
-            "--max-new-tokens",
-            "12",
-            "--bandwidth-gbs",
-            "50",
-        ],
-        env=worker_env(settings),
-        capture_output=True,
-        cwd=REPO,
-        timeout=BENCH_DEADLINE_SECONDS,
-    )
-    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
-    lines = finished.stdout.decode().splitlines()
+    lines = bench_table(settings, "engine", "--max-new-tokens", "12", "--bandwidth-gbs", "50").splitlines()
     assert lines[0].startswith("engine=transformers mode='continuous batching, up to 4 sequences per step'")
     assert lines[1].split() == [
         "concurrency",
@@ -128,13 +114,7 @@ def test_bench_engine_refuses_a_bad_concurrency_list_in_one_line(
     settings = Settings(
         _env_file=None, redis_url=TEST_REDIS_URL, prompts_dir=prompts_dir, model_dir=tiny_model
     )  # type: ignore[call-arg]
-    finished = subprocess.run(
-        [sys.executable, "-m", "brandbot.cli", "bench", "engine", "--concurrency", "1,four"],
-        env=worker_env(settings),
-        capture_output=True,
-        cwd=REPO,
-        timeout=60,
-    )
+    finished = bench(settings, "engine", "--concurrency", "1,four", timeout=60)
     assert finished.returncode == 2
     assert finished.stderr.decode().strip() == (
         "brandbot: --concurrency must be comma-separated whole numbers, e.g. 1,4,16"
