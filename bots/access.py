@@ -81,8 +81,11 @@ def is_admin(rules: AccessRules, user_id: str) -> bool:
     return user_id in rules.admins
 
 
-# Token bucket in one round trip, atomic across every front-end replica sharing this Redis.
+# Token bucket in one round trip, atomic across every front-end replica sharing this Redis. KEYS: the
+# bucket, then optionally a guard key; ARGV: rate, burst, now, then the guard's value. Not charged (allowed)
+# when the guard key holds another value.
 _TOKEN_BUCKET = """
+if #KEYS > 1 and redis.call('GET', KEYS[2]) ~= ARGV[4] then return {1, '0'} end
 local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens') or ARGV[2])
 local updated = tonumber(redis.call('HGET', KEYS[1], 'updated') or ARGV[3])
 local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -108,11 +111,19 @@ class RateLimiter:
         self._script = connection.register_script(_TOKEN_BUCKET)
         self._scripts = scripts or ScriptBatcher(connection)  # one pipeline for a burst's questions
 
-    async def acquire(self, platform: str, user_id: str, limit: RateLimit) -> float:
-        """0 when the user may ask now; otherwise the seconds until they may."""
+    async def acquire(
+        self, platform: str, user_id: str, limit: RateLimit, *, charge_if: tuple[str, str] | None = None
+    ) -> float:
+        """0 when the user may ask now; otherwise the seconds until they may.
+
+        With `charge_if=(key, value)` the question is charged only if `key` holds `value` when the script
+        runs: sent in the same pipeline right after the intake's take, a retry another intake took is not
+        charged.
+        """
         rate = limit.questions_per_minute / 60
-        key = f"{keys.KEY_PREFIX}:ratelimit:{platform}:{user_id}"
+        bucket = f"{keys.KEY_PREFIX}:ratelimit:{platform}:{user_id}"
+        guard_keys, guard_args = ([charge_if[0]], [charge_if[1]]) if charge_if else ([], [])
         allowed, wait = await self._scripts.call(
-            self._script, keys=[key], args=[rate, limit.burst, time.time()]
+            self._script, keys=[bucket, *guard_keys], args=[rate, limit.burst, time.time(), *guard_args]
         )
         return 0.0 if int(allowed) else float(wait)

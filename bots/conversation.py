@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from rq.job import Job
 
 from bots.access import AccessRules, Asker, RateLimiter, Refusal, check_access
+from bots.burst import Arrival, BurstOrder
 from bots.metrics import FrontEndError, FrontEndMetrics
 from bots.relay import ChannelPacer, relay_reply
 from bots.relay_book import REDIS_ERRORS, RelayBook
@@ -143,6 +144,7 @@ class Conversations:
             queue.redis, platform=self.platform, retention_seconds=settings.retention_seconds, scripts=scripts
         )
         self.usage = AsyncUsageRecorder(queue.redis, retention_days=settings.usage_retention_days)
+        self.order = BurstOrder()  # in a burst: every ack first, then every enqueue, then placeholders
         self._intake_slots = asyncio.Semaphore(INTAKE_AT_ONCE)
         self._intakes: set[asyncio.Task[asyncio.Task[None] | None]] = set()
         self._relays: set[asyncio.Task[None]] = set()
@@ -159,7 +161,7 @@ class Conversations:
                 "question arrived during shutdown, left to the next process", event_id=question.event_ids[0]
             )
             return
-        self._track(self._intakes, self._take_in(question, reception))
+        self._track(self._intakes, self._take_in(question, reception, self.order.arrive()))
 
     async def take(self, question: Question, reception: Reception) -> asyncio.Task[None] | None:
         """Take the question in now (a bug reaches the caller); the answer then runs in the background.
@@ -172,12 +174,19 @@ class Conversations:
                 "question arrived during shutdown, left to the next process", event_id=question.event_ids[0]
             )
             return None
-        return await asyncio.shield(self._track(self._intakes, self._take_in(question, reception)))
+        arrival = self.order.arrive()
+        return await asyncio.shield(self._track(self._intakes, self._take_in(question, reception, arrival)))
 
-    async def _take_in(self, question: Question, reception: Reception) -> asyncio.Task[None] | None:
+    async def _take_in(
+        self, question: Question, reception: Reception, arrival: Arrival
+    ) -> asyncio.Task[None] | None:
         self.metrics.events.inc()
-        async with self._intake_slots:
-            accepted = await self._accept(question, reception)
+        try:
+            await self.order.arrivals_settled()  # the rest of a burst is acknowledged first
+            async with self._intake_slots:
+                accepted = await self._accept(question, reception, arrival)
+        finally:
+            arrival.done()
         if accepted is None:
             return None
         if self._stopping:
@@ -221,7 +230,7 @@ class Conversations:
             return Refused(messages.discord_persona_refused(resolution.refused_request, choosable))
         return resolution
 
-    async def _accept(self, question: Question, reception: Reception) -> Accepted | None:
+    async def _accept(self, question: Question, reception: Reception, arrival: Arrival) -> Accepted | None:
         """Screen the question; if it is to be answered, record it, show life and queue it."""
         verdict = self.verdict(question, reception)
         request_id = new_request_id()
@@ -264,7 +273,7 @@ class Conversations:
             await self._forget(request_id)
             return None
         self.metrics.acks.inc()
-        return await self._start_answer(question, reception, verdict, request_id, sink)
+        return await self._start_answer(question, reception, verdict, request_id, sink, arrival)
 
     async def _screen_in_redis(
         self,
@@ -279,15 +288,19 @@ class Conversations:
         if question.followup and not await self._joined(question):
             return None
         if isinstance(verdict, Refused):
-            fresh = await self.book.first_sight(question.event_ids, request_id)
+            fresh, wait = await self.book.first_sight(question.event_ids, request_id), 0
         else:
             usage = self._usage_group(question, verdict)
             record = {"model": verdict.persona.model, "sink": sink.state(), "usage": list(usage.parts())}
-            fresh = await self.book.take(question.event_ids, request_id, record)
+            # One pipeline for both (`ScriptBatcher`, in this order): the rate limit charges only the intake
+            # that took the question, so a retry of it costs the asker nothing.
+            fresh, wait = await asyncio.gather(
+                self.book.take(question.event_ids, request_id, record),
+                self._rate_limit_wait(question, taker=request_id),
+            )
         if not fresh:
             log.info("duplicate event ignored", event_id=question.event_ids[0])
             return None
-        wait = 0 if isinstance(verdict, Refused) else await self._rate_limit_wait(question)
         notify_wait = wait > 0 and (
             reception.answers_every_refusal or await self._first_notice(question, wait)
         )
@@ -299,10 +312,11 @@ class Conversations:
             await self.queue.redis.exists(keys.joined_conversation(self.platform, question.conversation_id))
         )
 
-    async def _rate_limit_wait(self, question: Question) -> int:
-        """0 if the asker may ask now, else the whole seconds to wait."""
+    async def _rate_limit_wait(self, question: Question, *, taker: str) -> int:
+        """0 if the asker may ask now, else the whole seconds to wait (charged only if `taker` took it)."""
+        seen = keys.seen_event(self.platform, question.event_ids[0])
         wait = await self.rate_limiter.acquire(
-            self.platform, question.asker.user_id, self.access().rate_limit
+            self.platform, question.asker.user_id, self.access().rate_limit, charge_if=(seen, taker)
         )
         return max(math.ceil(wait), 1) if wait > 0 else 0
 
@@ -323,15 +337,17 @@ class Conversations:
         resolution: Resolution,
         request_id: str,
         sink: AnswerSink,
+        arrival: Arrival,
     ) -> Accepted | None:
-        """The placeholder goes up while the request is built and queued: neither waits for the other."""
+        """The placeholder goes up while the request is built and queued: neither waits for the other (in a
+        burst, placeholders wait for the rest of the burst to be queued: `bots.burst`)."""
         model = resolution.persona.model
         usage = self._usage_group(question, resolution)
         sink.on_change = self._saver(request_id, model, sink, usage)
         editor = self.adapter.editor(sink, self.pacer)
         shown, enqueued = await asyncio.gather(
             self._show_life(editor, request_id),
-            self._enqueue(question, reception, resolution, request_id),
+            self._enqueue(question, reception, resolution, request_id, arrival),
             return_exceptions=True,
         )
         if isinstance(enqueued, BaseException):
@@ -398,6 +414,7 @@ class Conversations:
         return save
 
     async def _show_life(self, editor: AnswerEditor, request_id: str) -> bool:
+        await self.order.queued_first()
         try:
             await editor.start(messages.THINKING)
             return True
@@ -406,17 +423,26 @@ class Conversations:
             return False
 
     async def _enqueue(
-        self, question: Question, reception: Reception, resolution: Resolution, request_id: str
+        self,
+        question: Question,
+        reception: Reception,
+        resolution: Resolution,
+        request_id: str,
+        arrival: Arrival,
     ) -> Enqueued | None:
-        request = await reception.request(request_id=request_id, persona=resolution.persona.name)
-        # The worker keeps a copy of the conversation only where people can rate the answer.
-        request = request.model_copy(update={"keep_for_rating": self.adapter.rates_answers})
         try:
+            request = await reception.request(
+                request_id=request_id, persona=resolution.persona.name, look_up_names=not self.order.in_burst
+            )
+            # The worker keeps a copy of the conversation only where people can rate the answer.
+            request = request.model_copy(update={"keep_for_rating": self.adapter.rates_answers})
             enqueued = await self.queue.enqueue(request, model=resolution.persona.model)
         except QueueUnavailable:
             log.warning("redis unreachable, request not queued", request_id=request_id)
             self.metrics.error(FrontEndError.NOT_QUEUED)
             return None
+        finally:
+            arrival.done()
         seconds = time.perf_counter() - question.received_at
         self.metrics.enqueue_latency.observe(seconds)
         if self.on_enqueued is not None:

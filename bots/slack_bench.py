@@ -44,6 +44,7 @@ from bots.slack import build_slack_app
 from bots.slack.blocks import FEEDBACK_GOOD_ACTION
 from brandbot import keys
 from brandbot.contract import DeltaEvent, DoneEvent, FinishReason, StartEvent, Usage
+from brandbot.heap import freeze_startup_heap
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.queue import RequestQueue
 from brandbot.settings import Settings
@@ -209,6 +210,7 @@ async def _front_end_under_load(
     enqueue_seconds: list[float] = []
     app = build_slack_app(settings=settings, queue=queue, prompts=prompts, on_enqueued=enqueue_seconds.append)
     await app.start_background()
+    freeze_startup_heap()  # as `brandbot slack` does
     handlers = [AsyncSocketModeHandler(app, emulator["app_token"]) for _ in range(plan.connections)]
     most_followed = 0
 

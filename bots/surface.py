@@ -64,8 +64,11 @@ class Reception(Protocol):
     async def acknowledge(self) -> bool:
         """The question will be answered (e.g. Discord's deferral); False if the platform gave up on it."""
 
-    async def request(self, *, request_id: str, persona: str) -> GenerationRequest:
-        """The request for the worker: the conversation read from the chat, then the question."""
+    async def request(self, *, request_id: str, persona: str, look_up_names: bool) -> GenerationRequest:
+        """The request for the worker: the conversation read from the chat, then the question.
+
+        Without `look_up_names` (a burst is being queued), people's and channels' names the adapter has not
+        cached are left out, not looked up: the worker needs no name to start."""
 
 
 class ChatAdapter(Protocol):

@@ -223,7 +223,7 @@ class TerminalReception:
             return None
         return [self.asked(), Turn(role=Role.ASSISTANT, content=self.sink.answer)]
 
-    async def request(self, *, request_id: str, persona: str) -> GenerationRequest:
+    async def request(self, *, request_id: str, persona: str, look_up_names: bool) -> GenerationRequest:
         return GenerationRequest(
             request_id=request_id,
             target=ReplyTarget(platform=Platform.TERMINAL, channel_id=CHANNEL_ID),

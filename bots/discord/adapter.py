@@ -202,7 +202,7 @@ class MessageReception:
     async def acknowledge(self) -> bool:
         return True
 
-    async def request(self, *, request_id: str, persona: str) -> GenerationRequest:
+    async def request(self, *, request_id: str, persona: str, look_up_names: bool) -> GenerationRequest:
         history = await conversation_before(self.message, self.bot_user_id)
         return generation_request(self.asked, request_id=request_id, persona=persona, history=history)
 
@@ -234,7 +234,7 @@ class InteractionReception:
             return False
         return True
 
-    async def request(self, *, request_id: str, persona: str) -> GenerationRequest:
+    async def request(self, *, request_id: str, persona: str, look_up_names: bool) -> GenerationRequest:
         return generation_request(self.asked, request_id=request_id, persona=persona, history=[])
 
 

@@ -33,6 +33,7 @@ from brandbot import messages
 from brandbot.errors import PlatformUnreachable, SettingsError
 from brandbot.feedback import FeedbackStore
 from brandbot.health import Readiness, probe_client, serve_ops
+from brandbot.heap import freeze_startup_heap
 from brandbot.logs import get_logger
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.queue import RequestQueue
@@ -272,6 +273,7 @@ async def run_discord(settings: Settings) -> None:
     readiness = Readiness(redis_client=probe_client(settings))
     readiness.add("discord connected", lambda: bot.is_ready() and not bot.is_closed())
     ops = serve_ops(settings, registry=bot.conversations.metrics.registry, readiness=readiness)
+    freeze_startup_heap()
     try:
         async with bot:  # closing it stops the relays; their answers resume in the next process
             await serve_until_signalled(bot.start(settings.discord_token.get_secret_value()))

@@ -52,9 +52,6 @@ class SlackAdapter:
             followup=asked.trigger is Trigger.THREAD_FOLLOWUP,
             received_at=received_at,
         )
-        if asked.explicit and question.text:
-            # Addressed to the bot: its names are needed soon. A thread reply may be for people, not us.
-            self.people.prefetch(asked.user_id, None if asked.is_direct_message else asked.channel_id)
         return question, SlackReception(adapter=self, asked=asked)
 
     def sink(self, place: Place, request_id: str) -> SlackAnswerSink:
@@ -136,7 +133,7 @@ class SlackReception:
             self.sink.place = dataclasses.replace(self.sink.place, assistant_thread=assistant_thread)
         return True
 
-    async def request(self, *, request_id: str, persona: str) -> GenerationRequest:
+    async def request(self, *, request_id: str, persona: str, look_up_names: bool) -> GenerationRequest:
         return await conversation_request(
             self.adapter.client,
             self.adapter.people,
@@ -144,4 +141,5 @@ class SlackReception:
             persona=persona,
             request_id=request_id,
             bot_user_id=self.adapter.bot_user_id,
+            look_up_names=look_up_names,
         )

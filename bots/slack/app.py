@@ -33,6 +33,7 @@ from bots.slack.events import from_mention, from_message, slack_id
 from bots.slack.http_mode import serve_http
 from brandbot.feedback import FeedbackStore
 from brandbot.health import Readiness, probe_client, serve_ops
+from brandbot.heap import freeze_startup_heap
 from brandbot.logs import get_logger
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.queue import RequestQueue
@@ -191,6 +192,7 @@ async def run_slack(settings: Settings) -> None:
     readiness.add("slack connected", lambda: app.connected())
     ops = serve_ops(settings, registry=app.conversations.metrics.registry, readiness=readiness)
     await app.start_background()
+    freeze_startup_heap()
     try:
         await serve_until_signalled(_serve(app, settings))
     finally:

@@ -14,6 +14,7 @@ import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator
+from functools import partial
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
@@ -57,8 +58,9 @@ class PeopleDirectory:
     """Display names (`users.info`) and channel names (`conversations.info`), cached and de-duplicated:
     a burst of questions from one person costs one lookup.
 
-    A question waits for a name at most `wait_seconds`: past that it is queued without it (the worker
-    needs no name to start: the prompt says "a colleague") and the lookup goes on, for the next question.
+    A question waits for a name at most `wait_seconds`, and in a burst only cached names are used: past
+    that it is queued without it (the worker needs no name to start: the prompt says "a colleague") and the
+    lookup goes on, for the next question.
     """
 
     def __init__(self, client: AsyncWebClient, *, wait_seconds: float = NAME_WAIT_SECONDS) -> None:
@@ -67,44 +69,41 @@ class PeopleDirectory:
         self._cache: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._lookups: dict[str, asyncio.Task[str]] = {}
 
-    def prefetch(self, user_id: str, channel_id: str | None) -> None:
-        """Start looking up an asker's name (and their channel's) as their question arrives, so the look-up
-        runs while the question is screened rather than after."""
-        self._lookup(f"user:{user_id}", lambda: self._fetch_user(user_id))
+    async def names(
+        self, user_ids: Iterable[str], channel_id: str | None, *, look_up: bool = True
+    ) -> tuple[dict[str, str], str]:
+        """People's display names and the channel's name (`channel_id` None: none). Cached ones at once; the
+        others are looked up together and waited for `wait_seconds` at most in all.
+
+        Without `look_up` (a burst is being queued) only cached names are given and none is looked up: the
+        burst's CPU goes to queueing it, and the next question asked in a quieter moment looks them up.
+        """
+        wanted = {f"user:{user_id}": partial(self._fetch_user, user_id) for user_id in set(user_ids)}
         if channel_id is not None:
-            self._lookup(f"channel:{channel_id}", lambda: self._fetch_channel(channel_id))
-
-    async def display_name(self, user_id: str) -> str:
-        return await self._cached(f"user:{user_id}", lambda: self._fetch_user(user_id))
-
-    async def display_names(self, user_ids: Iterable[str]) -> dict[str, str]:
-        ids = sorted(set(user_ids))
-        names = await asyncio.gather(*(self.display_name(user_id) for user_id in ids))
-        return dict(zip(ids, names, strict=True))
-
-    async def channel_name(self, channel_id: str) -> str:
-        return await self._cached(f"channel:{channel_id}", lambda: self._fetch_channel(channel_id))
-
-    async def _cached(self, key: str, fetch: Callable[[], Coroutine[Any, Any, str | None]]) -> str:
-        lookup = self._lookup(key, fetch)
-        if isinstance(lookup, str):
-            return lookup
-        try:
-            return await asyncio.wait_for(asyncio.shield(lookup), self._wait_seconds)
-        except TimeoutError:
-            log.info("name lookup slow, question queued without it", lookup=key.partition(":")[0])
-            return ""
+            wanted[f"channel:{channel_id}"] = partial(self._fetch_channel, channel_id)
+        found = {key: self._lookup(key, fetch, start=look_up) for key, fetch in wanted.items()}
+        looking_up = [lookup for lookup in found.values() if isinstance(lookup, asyncio.Task)]
+        if looking_up and look_up:
+            _, slow = await asyncio.wait(looking_up, timeout=self._wait_seconds)  # not cancelled when slow
+            if slow:
+                log.info("name lookup slow, question queued without it", lookups=len(slow))
+        names = {
+            key.partition(":")[2]: _name(lookup) for key, lookup in found.items() if key.startswith("user:")
+        }
+        return names, "" if channel_id is None else _name(found[f"channel:{channel_id}"])
 
     def _lookup(
-        self, key: str, fetch: Callable[[], Coroutine[Any, Any, str | None]]
+        self, key: str, fetch: Callable[[], Coroutine[Any, Any, str | None]], *, start: bool
     ) -> str | asyncio.Task[str]:
-        """The cached name, or the look-up under way for it (started here if none is)."""
+        """The cached name, or the look-up under way for it (started here if none is and `start`; else "")."""
         hit = self._cache.get(key)
         if hit is not None and hit[0] > time.monotonic():
             self._cache.move_to_end(key)
             return hit[1]
         task = self._lookups.get(key)
         if task is None:
+            if not start:
+                return ""
             task = asyncio.ensure_future(self._fetch_and_keep(key, fetch))
             self._lookups[key] = task
             task.add_done_callback(lambda done: self._forget(key, done))
@@ -149,6 +148,15 @@ class PeopleDirectory:
         except SLACK_UNREACHABLE:
             return None
         return "" if channel.get("is_im") else str(channel.get("name") or "")
+
+
+def _name(lookup: str | asyncio.Task[str]) -> str:
+    """A name found, or "" for a look-up still under way or failed (its failure is logged once, by itself)."""
+    if isinstance(lookup, str):
+        return lookup
+    if not lookup.done() or lookup.cancelled() or lookup.exception() is not None:
+        return ""
+    return lookup.result()
 
 
 def mentioned_user_ids(text: str) -> set[str]:
@@ -212,8 +220,10 @@ async def conversation_request(
     persona: str,
     request_id: str,
     bot_user_id: str | None,
+    look_up_names: bool = True,
 ) -> GenerationRequest:
-    """The request for a question: its thread before it as turns, names resolved, then the question."""
+    """The request for a question: its thread before it as turns, names resolved (those not cached only
+    `look_up_names`), then the question."""
     history = (
         await thread_history(
             client, channel=question.channel_id, thread_ts=question.thread_ts, before_ts=question.ts
@@ -225,10 +235,9 @@ async def conversation_request(
     for text in [question.text, *(str(m.get("text", "")) for m in history)]:
         ids |= mentioned_user_ids(text)
     ids.discard(bot_user_id or "")  # its mention is dropped and its own turns carry no name
-    names, channel_name = await asyncio.gather(
-        people.display_names(ids),
-        _no_name() if question.is_direct_message else people.channel_name(question.channel_id),
-    )
+    # A DM has no channel name: the template says "a direct message".
+    channel = None if question.is_direct_message else question.channel_id
+    names, channel_name = await people.names(ids, channel, look_up=look_up_names)
     asker = names.get(question.user_id, "")
     return GenerationRequest(
         request_id=request_id,
@@ -251,10 +260,6 @@ async def conversation_request(
             ),
         ],
     )
-
-
-async def _no_name() -> str:
-    return ""  # a DM has no channel name: the template says "a direct message"
 
 
 def to_turns(history: list[dict[str, Any]], names: dict[str, str], bot_user_id: str | None) -> list[Turn]:
