@@ -2,26 +2,29 @@
 
 A company-wide announcement brings hundreds of mentions within a second, more than the front-end's event
 loop has CPU for. Left alone, the loop does everything interleaved in arrival order: the acknowledgements
-of later events wait behind the intake of earlier ones, and the placeholders of early questions hold up the
-queueing of later ones. So a burst's work is done in order of urgency, across all of its questions:
+of later events wait behind the intake of earlier ones, and the placeholders and answers of early
+questions hold up the queueing of later ones. So a burst's work is done in order of urgency, across all of
+its questions:
 
 1. acknowledgements, which have a deadline: Slack sends an event again if it is not acked within 3 s,
    Discord drops an interaction not deferred within 3 s. Intake starts once events stop arriving (a few
    turns of the event loop without a new one), or `ACK_FIRST_SECONDS` after the first at most;
 2. queueing: once a question is in Redis, a worker can start on it;
-3. showing life: a question's placeholder goes up once at most one question is still being queued, or
-   `QUEUE_FIRST_SECONDS` after it was ready at most.
+3. placeholders: one goes up once at most one question is still being queued, or `QUEUE_FIRST_SECONDS`
+   after it was ready at most;
+4. answers: a relay starts once at most one placeholder is still to go up, or `SHOW_FIRST_SECONDS` later.
 
-A lone question waits for neither: its arrival settles in a few idle turns of the loop, and it is the only
-question being queued.
+A lone question waits for none of these: its arrival settles in a few idle turns of the loop, and it is the
+only question in each stage.
 
 ```python
 order = BurstOrder()
 arrival = order.arrive()          # as the event is handed over (acked already)
 await order.arrivals_settled()    # intake starts
-...                               # screened, queued
-arrival.done()                    # queued, refused or dropped: no longer holds back placeholders
 await order.queued_first()        # before a placeholder is posted
+arrival.queued()                  # in Redis, or not to be queued: others' placeholders may go up
+arrival.shown()                   # its placeholder is up, or none will be: answers may be relayed
+await order.shown_first()         # before an answer is relayed
 ```
 """
 
@@ -41,23 +44,60 @@ QUIET_TURNS = 3
 QUEUE_FIRST_SECONDS = 0.3
 """Longest a placeholder waits for other questions to be queued before it goes up anyway."""
 
+SHOW_FIRST_SECONDS = 0.5
+"""Longest an answer waits for other questions' placeholders before it is relayed anyway."""
+
 BURST_QUESTIONS = 8
 """More questions than this being queued at once is a burst: cosmetic look-ups (people's display names)
-are then not waited for; the question is queued with what is known."""
+are then left out; the question is queued with what is known."""
+
+
+class _Stage:
+    """The questions that have not passed one stage yet."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._nearly_passed = asyncio.Event()  # at most one question has not
+        self._nearly_passed.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        if self.count > 1:
+            self._nearly_passed.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count <= 1:
+            self._nearly_passed.set()
+
+    async def nearly_passed(self, patience_seconds: float) -> None:
+        if self._nearly_passed.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(patience_seconds):
+                await self._nearly_passed.wait()
 
 
 @dataclass
 class Arrival:
-    """One question from its arrival until it is queued or dropped."""
+    """One question on its way through the stages (each step is idempotent)."""
 
     order: BurstOrder
-    pending: bool = True
+    unqueued: bool = True
+    unshown: bool = True
 
-    def done(self) -> None:
-        """Queued, refused, a duplicate or failed: it holds back others' placeholders no more (idempotent)."""
-        if self.pending:
-            self.pending = False
-            self.order._left()
+    def queued(self) -> None:
+        """In Redis, or not to be queued (refused, a duplicate, failed): holds back placeholders no more."""
+        if self.unqueued:
+            self.unqueued = False
+            self.order._queueing.leave()
+
+    def shown(self) -> None:
+        """Its placeholder is up, or none will be: holds back answers no more."""
+        self.queued()
+        if self.unshown:
+            self.unshown = False
+            self.order._showing.leave()
 
 
 class BurstOrder:
@@ -68,29 +108,29 @@ class BurstOrder:
         *,
         ack_first_seconds: float = ACK_FIRST_SECONDS,
         queue_first_seconds: float = QUEUE_FIRST_SECONDS,
+        show_first_seconds: float = SHOW_FIRST_SECONDS,
     ) -> None:
         self._ack_first_seconds = ack_first_seconds
         self._queue_first_seconds = queue_first_seconds
+        self._show_first_seconds = show_first_seconds
         self._arrivals = 0
         self._settling: asyncio.Task[None] | None = None
-        self._pending = 0
-        self._few_pending = asyncio.Event()  # at most one question is being queued
-        self._few_pending.set()
+        self._queueing = _Stage()
+        self._showing = _Stage()
 
     @property
     def pending(self) -> int:
-        """Questions arrived and not yet queued or dropped."""
-        return self._pending
+        """Questions arrived and not yet queued (or dropped)."""
+        return self._queueing.count
 
     @property
     def in_burst(self) -> bool:
-        return self._pending > BURST_QUESTIONS
+        return self._queueing.count > BURST_QUESTIONS
 
     def arrive(self) -> Arrival:
         self._arrivals += 1
-        self._pending += 1
-        if self._pending > 1:
-            self._few_pending.clear()
+        self._queueing.enter()
+        self._showing.enter()
         return Arrival(self)
 
     async def arrivals_settled(self) -> None:
@@ -101,11 +141,11 @@ class BurstOrder:
 
     async def queued_first(self) -> None:
         """Return once at most one question is still being queued (or `queue_first_seconds` later)."""
-        if self._few_pending.is_set():
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._queue_first_seconds):
-                await self._few_pending.wait()
+        await self._queueing.nearly_passed(self._queue_first_seconds)
+
+    async def shown_first(self) -> None:
+        """Return once at most one placeholder is still to go up (or `show_first_seconds` later)."""
+        await self._showing.nearly_passed(self._show_first_seconds)
 
     async def _settle(self) -> None:
         loop = asyncio.get_running_loop()
@@ -115,8 +155,3 @@ class BurstOrder:
             await asyncio.sleep(0)
             quiet = quiet + 1 if self._arrivals == seen else 0
             seen = self._arrivals
-
-    def _left(self) -> None:
-        self._pending -= 1
-        if self._pending <= 1:
-            self._few_pending.set()

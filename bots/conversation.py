@@ -186,7 +186,7 @@ class Conversations:
             async with self._intake_slots:
                 accepted = await self._accept(question, reception, arrival)
         finally:
-            arrival.done()
+            arrival.shown()  # whatever became of it, it holds back no other question any more
         if accepted is None:
             return None
         if self._stopping:
@@ -346,7 +346,7 @@ class Conversations:
         sink.on_change = self._saver(request_id, model, sink, usage)
         editor = self.adapter.editor(sink, self.pacer)
         shown, enqueued = await asyncio.gather(
-            self._show_life(editor, request_id),
+            self._show_life(editor, request_id, arrival),
             self._enqueue(question, reception, resolution, request_id, arrival),
             return_exceptions=True,
         )
@@ -413,7 +413,7 @@ class Conversations:
 
         return save
 
-    async def _show_life(self, editor: AnswerEditor, request_id: str) -> bool:
+    async def _show_life(self, editor: AnswerEditor, request_id: str, arrival: Arrival) -> bool:
         await self.order.queued_first()
         try:
             await editor.start(messages.THINKING)
@@ -421,6 +421,8 @@ class Conversations:
         except Undeliverable as error:
             log.warning("placeholder not shown, question dropped", request_id=request_id, error=error)
             return False
+        finally:
+            arrival.shown()
 
     async def _enqueue(
         self,
@@ -442,7 +444,7 @@ class Conversations:
             self.metrics.error(FrontEndError.NOT_QUEUED)
             return None
         finally:
-            arrival.done()
+            arrival.queued()
         seconds = time.perf_counter() - question.received_at
         self.metrics.enqueue_latency.observe(seconds)
         if self.on_enqueued is not None:
@@ -460,6 +462,7 @@ class Conversations:
 
     async def _relay(self, answer: Accepted) -> None:
         """Follow the reply stream to its end; a cancelled relay (shutdown) keeps its record for later."""
+        await self.order.shown_first()  # in a burst, every placeholder goes up before answers are relayed
         self.metrics.answers_in_flight.inc()
         try:
             await self._relay_to_the_end(answer)

@@ -14,18 +14,38 @@ from typing import Any
 
 import redis.asyncio
 
+from bots.script_batch import ScriptBatcher
 from brandbot import keys
 from brandbot.logs import get_logger
 
 log = get_logger(__name__)
 
+# Write a record and list it in the index, at once. KEYS: record, index. ARGV: the record (JSON), retention,
+# the record's expiry time, request id.
+_SAVE = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
 
 class InflightRequests:
-    def __init__(self, connection: redis.asyncio.Redis, *, platform: str, retention_seconds: int) -> None:
+    def __init__(
+        self,
+        connection: redis.asyncio.Redis,
+        *,
+        platform: str,
+        retention_seconds: int,
+        scripts: ScriptBatcher | None = None,
+    ) -> None:
         self._redis = connection
         self._platform = platform
         self._index = keys.inflight_index(platform)
         self._retention = retention_seconds
+        self._save = connection.register_script(_SAVE)
+        # A burst's placeholders change hundreds of records at once: their saves share pipelines.
+        self._scripts = scripts or ScriptBatcher(connection)
 
     def key(self, request_id: str) -> str:
         return keys.inflight_record(self._platform, request_id)
@@ -42,11 +62,11 @@ class InflightRequests:
         return self._retention
 
     async def save(self, request_id: str, state: dict[str, Any]) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.key(request_id), self.encode(state), ex=self._retention)
-            pipe.zadd(self._index, {request_id: time.time() + self._retention})
-            pipe.expire(self._index, self._retention)
-            await pipe.execute()
+        await self._scripts.call(
+            self._save,
+            keys=[self.key(request_id), self._index],
+            args=[self.encode(state), self._retention, time.time() + self._retention, request_id],
+        )
 
     async def remove(self, request_id: str) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:

@@ -104,7 +104,9 @@ class RelayBook:
         self._redis = connection
         self._scripts = scripts or ScriptBatcher(connection)  # intake's take, batched across a burst
         self._platform = platform
-        self._records = InflightRequests(connection, platform=platform, retention_seconds=retention_seconds)
+        self._records = InflightRequests(
+            connection, platform=platform, retention_seconds=retention_seconds, scripts=self._scripts
+        )
         self._owner = uuid.uuid4().hex  # this process
         self._renew = connection.register_script(_RENEW)
         self._claim = connection.register_script(_CLAIM)

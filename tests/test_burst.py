@@ -20,6 +20,8 @@ from tests.slack_fixtures import answer_with, scripted_worker, slack_running, vi
 BURST = 24
 """Questions of the burst in the Slack test: more than `bots.burst.BURST_QUESTIONS`."""
 
+ANSWER_EDITS = ("chat.update", "chat.startStream", "chat.appendStream", "chat.stopStream")
+
 
 # ---------------------------------------------------------------------- the order, rule by rule
 async def test_intake_waits_until_questions_stop_arriving() -> None:
@@ -80,15 +82,29 @@ async def test_a_placeholder_waits_until_the_rest_of_its_burst_is_queued() -> No
     first, second, third = order.arrive(), order.arrive(), order.arrive()
     shown = asyncio.create_task(order.queued_first())
     await asyncio.sleep(0.01)
-    first.done()
-    first.done()  # twice counts once
+    first.queued()
+    first.queued()  # twice counts once
     await asyncio.sleep(0.01)
     assert not shown.done()  # two are still being queued
-    second.done()
+    second.shown()  # shown: queued too
     async with asyncio.timeout(10):
         await shown  # one left: its own placeholder may go up beside its enqueue
     assert order.pending == 1 and not order.in_burst
-    third.done()
+    third.queued()
+
+
+async def test_answers_wait_until_the_rest_of_their_bursts_placeholders_are_up() -> None:
+    order = BurstOrder(show_first_seconds=60)
+    first, second, third = order.arrive(), order.arrive(), order.arrive()
+    first.shown()
+    relayed = asyncio.create_task(order.shown_first())
+    await asyncio.sleep(0.01)
+    assert not relayed.done()  # two placeholders are still to go up
+    second.shown()
+    async with asyncio.timeout(10):
+        await relayed
+    third.shown()
+    assert order.pending == 0
 
 
 async def test_a_placeholder_goes_up_anyway_when_queueing_stalls() -> None:
@@ -128,6 +144,7 @@ async def test_a_burst_is_queued_before_its_placeholders_and_with_the_names_alre
         for channel, ts in questions:
             assert visible(await bot.wait_for_answer(channel, ts)) == "Noted."
         burst_requests = list(taken)
+        answer_edits = [c.at for m in ANSWER_EDITS for c in slack.calls_to(m)]
 
         # Afterwards, a question on its own: its asker's name is looked up and waited for.
         later = await bot.mention("CB0", "UB00", "and one more")
@@ -137,6 +154,7 @@ async def test_a_burst_is_queued_before_its_placeholders_and_with_the_names_alre
                     {ts for _, ts in questions}]  # fmt: skip
     assert len(queued_at) == BURST + 1 and len(placeholders) >= BURST
     assert max(queued_at[:BURST]) <= min(placeholders)  # every question queued before any placeholder
+    assert answer_edits and max(placeholders) <= min(answer_edits)  # every placeholder before any answer
     assert sorted(r.user.id for r in burst_requests) == [f"UB{n:02d}" for n in range(BURST)]
     assert all(r.user.display_name == "" and r.channel_name == "" for r in burst_requests)
     assert taken[-1].user.display_name == "Person 0"

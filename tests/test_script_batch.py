@@ -10,8 +10,10 @@ import redis
 import redis.asyncio
 
 from bots.access import RateLimit, RateLimiter
+from bots.inflight import InflightRequests
 from bots.relay_book import RelayBook
 from bots.script_batch import ScriptBatcher
+from brandbot import keys
 from tests.conftest import PrivateRedis
 
 CLIENT_NAME = "script-batch-test"
@@ -46,6 +48,25 @@ async def test_a_burst_of_intakes_is_screened_right_over_one_connection(private_
     assert sum(1 for wait in waits if wait == 0.0) == 10 * 2, "each person's burst of two, no more"
     assert all(wait > 0 for wait in waits if wait != 0.0)
     assert connections_named(private_redis.url) == 1, "one pipeline at a time, not a connection per question"
+    await connection.aclose()
+
+
+async def test_a_bursts_in_flight_records_are_saved_right_over_one_connection(
+    private_redis: PrivateRedis,
+) -> None:
+    """Each placeholder that goes up changes its answer's in-flight record: a burst's saves share pipelines
+    (each was a transaction of its own, on a connection of its own from the pool)."""
+    connection = front_end_client(private_redis.url)
+    book = RelayBook(connection, platform="slack", retention_seconds=60)
+    ids = [f"req-{n}" for n in range(300)]
+    assert all(await asyncio.gather(*(book.take((f"msg:C1:{n}",), ids[n], {"v": 0}) for n in range(300))))
+    await asyncio.gather(*(book.record(request_id, {"v": 1, "head": request_id}) for request_id in ids))
+
+    records = await InflightRequests(connection, platform="slack", retention_seconds=60).all()
+    assert records == {request_id: {"v": 1, "head": request_id} for request_id in ids}
+    assert connections_named(private_redis.url) == 1
+    ttl = await connection.ttl(keys.inflight_record("slack", ids[0]))
+    assert 0 < ttl <= 60  # still expires with the retention
     await connection.aclose()
 
 
