@@ -199,7 +199,7 @@ async def test_a_retry_in_the_same_burst_does_not_count_against_the_askers_rate_
 
 # ---------------------------------------------------------------------- the collector
 def test_a_started_front_end_freezes_its_startup_heap_and_collects_young_objects_less_often() -> None:
-    """`brandbot slack` and `brandbot discord` call it once started (a full collection walked the whole
+    """`brandbot slack`, `brandbot discord` and `brandbot worker` call it once started (a full collection walked the whole
     heap in the middle of a burst); a process of its own, so this test's collector is left as it is."""
     code = (
         "import gc; from brandbot.heap import freeze_startup_heap, YOUNG_COLLECTION_THRESHOLD as young; "

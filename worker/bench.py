@@ -38,6 +38,7 @@ from brandbot.contract import (
     parse_reply_event,
 )
 from brandbot.errors import EngineDied
+from brandbot.heap import freeze_startup_heap
 from brandbot.progress import Step, no_progress
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.queue import RequestQueue
@@ -330,6 +331,7 @@ def _bench_our_path(settings: Settings, connection: redis.Redis, jobs: int) -> Q
         name=f"bench-{time.time_ns()}",
         thread_setup=lambda: current_service.set(service),
     )
+    freeze_startup_heap()  # as `brandbot worker` does once its model is loaded
     thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False}, daemon=True)
     thread.start()
     persona = service.prompts.current().default_persona().name

@@ -14,6 +14,7 @@ from brandbot.connections import worker_connection
 from brandbot.errors import EngineLoadError
 from brandbot.feedback import FeedbackRecorder
 from brandbot.health import Readiness, probe_client, serve_ops
+from brandbot.heap import freeze_startup_heap
 from brandbot.logs import get_logger
 from brandbot.promptfiles.live import LivePromptLibrary
 from brandbot.settings import Settings
@@ -168,6 +169,7 @@ def _serve(
     faults.arm(engine)
     readiness.add("job slots running", lambda: worker.live_slots() > 0)
     loaded.set()
+    freeze_startup_heap()  # the loaded model's Python objects are walked by no collection from now on
     try:
         worker.run()
     finally:
