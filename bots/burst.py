@@ -14,8 +14,9 @@ its questions:
    after it was ready at most;
 4. answers: a relay starts once at most one placeholder is still to go up, or `SHOW_FIRST_SECONDS` later.
 
-A lone question waits for none of these: its arrival settles in a few idle turns of the loop, and it is the
-only question in each stage.
+Stages 3 and 4 hold back only in a burst (more than `BURST_QUESTIONS` in the stage before): a few questions
+at once each go their own pace, so one waiting for a slow name look-up or thread read delays no other's
+placeholder. A lone question's arrival settles in a few idle turns of the loop.
 
 ```python
 order = BurstOrder()
@@ -55,7 +56,8 @@ are then left out; the question is queued with what is known."""
 class _Stage:
     """The questions that have not passed one stage yet."""
 
-    def __init__(self) -> None:
+    def __init__(self, burst_questions: int) -> None:
+        self._burst_questions = burst_questions
         self.count = 0
         self._nearly_passed = asyncio.Event()  # at most one question has not
         self._nearly_passed.set()
@@ -70,8 +72,14 @@ class _Stage:
         if self.count <= 1:
             self._nearly_passed.set()
 
+    @property
+    def in_burst(self) -> bool:
+        return self.count > self._burst_questions
+
     async def nearly_passed(self, patience_seconds: float) -> None:
-        if self._nearly_passed.is_set():
+        """Return at once unless a burst is in this stage; then once at most one question has not passed
+        (or `patience_seconds` later)."""
+        if not self.in_burst:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(patience_seconds):
@@ -109,14 +117,15 @@ class BurstOrder:
         ack_first_seconds: float = ACK_FIRST_SECONDS,
         queue_first_seconds: float = QUEUE_FIRST_SECONDS,
         show_first_seconds: float = SHOW_FIRST_SECONDS,
+        burst_questions: int = BURST_QUESTIONS,
     ) -> None:
         self._ack_first_seconds = ack_first_seconds
         self._queue_first_seconds = queue_first_seconds
         self._show_first_seconds = show_first_seconds
         self._arrivals = 0
         self._settling: asyncio.Task[None] | None = None
-        self._queueing = _Stage()
-        self._showing = _Stage()
+        self._queueing = _Stage(burst_questions)
+        self._showing = _Stage(burst_questions)
 
     @property
     def pending(self) -> int:
@@ -125,7 +134,8 @@ class BurstOrder:
 
     @property
     def in_burst(self) -> bool:
-        return self._queueing.count > BURST_QUESTIONS
+        """More than `burst_questions` are being queued."""
+        return self._queueing.in_burst
 
     def arrive(self) -> Arrival:
         self._arrivals += 1
@@ -140,11 +150,13 @@ class BurstOrder:
         await asyncio.shield(self._settling)
 
     async def queued_first(self) -> None:
-        """Return once at most one question is still being queued (or `queue_first_seconds` later)."""
+        """In a burst, return once at most one question is still being queued (or `queue_first_seconds`
+        later); at once otherwise."""
         await self._queueing.nearly_passed(self._queue_first_seconds)
 
     async def shown_first(self) -> None:
-        """Return once at most one placeholder is still to go up (or `show_first_seconds` later)."""
+        """In a burst, return once at most one placeholder is still to go up (or `show_first_seconds`
+        later); at once otherwise."""
         await self._showing.nearly_passed(self._show_first_seconds)
 
     async def _settle(self) -> None:

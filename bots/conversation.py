@@ -2,8 +2,9 @@
 
 In order: intake (the adapter turns a platform event into a `Question` and a `Reception`) → allowed?
 (access, length, persona: no network) → seen before? (marked seen, recorded in flight and leased in one
-Redis step, so no crash leaves a question seen but unrecorded) → rate limit → acknowledge → the sign of
-life goes up while the conversation is read and the request queued → relay the reply stream → finish.
+Redis step, so no crash leaves a question seen but unrecorded; the rate limit in the same pipeline) →
+acknowledge → the sign of life goes up while the conversation is read and the request queued → relay the
+reply stream → finish. In a burst, each step is done for every question before the next (`bots.burst`).
 Every answer keeps an in-flight record and a lease (`bots.relay_book`): a restarted or second front-end
 resumes answers whose process stopped, and a relay whose lease was taken over stops. On shutdown,
 questions already being taken in are taken in to the end (queued and recorded); relays stop and leave
@@ -144,7 +145,7 @@ class Conversations:
             queue.redis, platform=self.platform, retention_seconds=settings.retention_seconds, scripts=scripts
         )
         self.usage = AsyncUsageRecorder(queue.redis, retention_days=settings.usage_retention_days)
-        self.order = BurstOrder()  # in a burst: every ack first, then every enqueue, then placeholders
+        self.order = BurstOrder()  # in a burst: every ack, then every enqueue, every placeholder, answers
         self._intake_slots = asyncio.Semaphore(INTAKE_AT_ONCE)
         self._intakes: set[asyncio.Task[asyncio.Task[None] | None]] = set()
         self._relays: set[asyncio.Task[None]] = set()
